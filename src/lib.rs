@@ -1,0 +1,1 @@
+//! scalr-agent library: every role of the binary lives here so integration tests can drive it.
