@@ -1,1 +1,12 @@
-//! scalr-agent library: every role of the binary lives here so integration tests can drive it.
+//! scalr-agent: one static binary that plays every role of a Scalr agent pool on Kubernetes.
+//!
+//! The library holds every role so integration tests drive the same code the binary runs; `main.rs`
+//! only parses the command line and dispatches.
+
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod secret;
+pub mod shutdown;
+pub mod threads;
+pub mod version;
