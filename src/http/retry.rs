@@ -88,7 +88,7 @@ impl Backoff {
 
     /// The delay before the next attempt after a failure, or `None` when attempts or time are spent.
     /// Full jitter: uniform in `[0, min(max_delay, initial * 2^n)]`; a server's `Retry-After` is a floor
-    /// (capped at `max_delay`).
+    /// (not capped: when it reaches past `max_elapsed` the operation gives up instead).
     pub fn next_delay(&mut self, elapsed: Duration, retry_after: Option<Duration>) -> Option<Duration> {
         self.attempt += 1;
         if self.attempt >= self.policy.max_attempts || elapsed >= self.policy.max_elapsed {
@@ -102,7 +102,7 @@ impl Backoff {
             .min(self.policy.max_delay);
         let jittered = window.mul_f64(self.rng.next_unit());
         let delay = match retry_after {
-            Some(after) => jittered.max(after.min(self.policy.max_delay)),
+            Some(after) => jittered.max(after),
             None => jittered,
         };
         if elapsed + delay > self.policy.max_elapsed {

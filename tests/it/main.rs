@@ -1,0 +1,6 @@
+//! The integration-test binary: one module per area, all against real servers on 127.0.0.1.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod http;
