@@ -3,6 +3,7 @@
 //! The library holds every role so integration tests drive the same code the binary runs; `main.rs`
 //! only parses the command line and dispatches.
 
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod logging;

@@ -3,8 +3,9 @@
 //! `HTTPS_PROXY` serves `https://` URLs, `HTTP_PROXY` serves `http://` URLs, and `NO_PROXY` lists hosts
 //! that are always reached directly. Pure: the settings are values, the decision is a function.
 
-/// Proxy settings, usually from `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` (either case).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Proxy settings, usually from `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` (either case). `Debug`
+/// hides proxy credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ProxySettings {
     /// Proxy for `http://` URLs (`HTTP_PROXY`).
     pub http: Option<String>,
@@ -24,6 +25,16 @@ pub enum Route {
     HttpProxy,
     /// Through `HTTPS_PROXY`.
     HttpsProxy,
+}
+
+impl std::fmt::Debug for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxySettings")
+            .field("http", &self.http.as_deref().map(super::redact_userinfo))
+            .field("https", &self.https.as_deref().map(super::redact_userinfo))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 impl ProxySettings {
@@ -124,11 +135,11 @@ impl NoProxy {
 }
 
 fn split_host_port(item: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = item.strip_prefix('[') {
-        if let Some((host, after)) = rest.split_once(']') {
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (host, port);
-        }
+    if let Some(rest) = item.strip_prefix('[')
+        && let Some((host, after)) = rest.split_once(']')
+    {
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (host, port);
     }
     match item.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => match port.parse() {
@@ -186,12 +197,20 @@ mod tests {
             ("notscalr.io", "https://scalr.io/", Route::HttpsProxy),
             ("10.0.0.1", "https://10.0.0.1:6443/api", Route::Direct),
             ("kubernetes:6443", "https://kubernetes:6443/", Route::Direct),
-            ("kubernetes:6443", "https://kubernetes:443/", Route::HttpsProxy),
+            (
+                "kubernetes:6443",
+                "https://kubernetes:443/",
+                Route::HttpsProxy,
+            ),
             ("[::1]", "https://[::1]:8443/x", Route::Direct),
             (" , localhost ,", "http://LOCALHOST:80/", Route::Direct),
         ];
         for (no_proxy, url, want) in cases {
-            assert_eq!(settings(no_proxy).route(url), want, "NO_PROXY={no_proxy:?} {url}");
+            assert_eq!(
+                settings(no_proxy).route(url),
+                want,
+                "NO_PROXY={no_proxy:?} {url}"
+            );
         }
         assert_eq!(ProxySettings::default().route("https://x/"), Route::Direct);
     }

@@ -180,7 +180,11 @@ impl<'a> Responder<'a> {
     /// Sends a whole response.
     pub fn respond(&mut self, response: HttpResponse) -> io::Result<()> {
         self.done = true;
-        let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        );
         for (k, v) in &response.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -326,11 +330,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut tls_stream = rustls::StreamOwned::new(conn, stream);
             // Complete the handshake to learn the client certificate.
             while tls_stream.conn.is_handshaking() {
-                if tls_stream
-                    .conn
-                    .complete_io(&mut tls_stream.sock)
-                    .is_err()
-                {
+                if tls_stream.conn.complete_io(&mut tls_stream.sock).is_err() {
                     return;
                 }
             }
@@ -397,7 +397,11 @@ fn serve_requests(
         };
         handler(&request, &mut responder);
         if !responder.done {
-            let _ = responder.respond(HttpResponse::new(500, "text/plain", "handler did not answer"));
+            let _ = responder.respond(HttpResponse::new(
+                500,
+                "text/plain",
+                "handler did not answer",
+            ));
         }
         if responder.close || wants_close {
             return;
