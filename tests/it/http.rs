@@ -14,7 +14,7 @@ use crate::support::http_server::{Handler, HttpRequest, HttpResponse, Responder,
 use crate::support::pki::{self, ClientAuth, TestCa};
 use crate::support::proxy::ConnectProxy;
 
-fn hello() -> Arc<dyn Fn(&HttpRequest, &mut Responder<'_>) + Send + Sync> {
+fn hello() -> Handler {
     Arc::new(|req: &HttpRequest, out: &mut Responder<'_>| {
         let ua = req.header("user-agent").unwrap_or("").to_string();
         let _ = out.respond(HttpResponse::new(200, "text/plain", format!("hello {ua}")));
