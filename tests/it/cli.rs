@@ -190,3 +190,16 @@ fn check_reaches_a_tls_platform_through_a_ca_file() {
         "{report}"
     );
 }
+
+#[test]
+fn readme_documents_every_configuration_variable() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    for var in scalr_agent::config::vars::VARS {
+        assert!(
+            readme.contains(&format!("`{}`", var.name)),
+            "README lacks {}",
+            var.name
+        );
+    }
+}
