@@ -53,15 +53,23 @@ fn run() -> Result<(), String> {
         pki::server_config(&ca.server_cert(), ClientAuth::None),
     );
 
-    let listing: Vec<String> = walk(r);
+    let listing: Vec<String> = walk(r, r);
     println!(
         "static_check: root {} holds only: {}",
         r.display(),
         listing.join(", ")
     );
 
+    // The child's environment is cleared, so find chroot(8) through our own PATH.
+    let chroot_bin = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|d| std::path::Path::new(d).join("chroot"))
+        .find(|p| p.is_file())
+        .ok_or("chroot(8) not found")?;
     let chroot = |args: &[&str], env: &[(&str, String)]| {
-        let mut cmd = Command::new("chroot");
+        let mut cmd = Command::new(&chroot_bin);
         cmd.arg(r).arg("/scalr-agent").args(args).env_clear();
         for (k, v) in env {
             cmd.env(k, v);
@@ -111,18 +119,16 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn walk(dir: &std::path::Path) -> Vec<String> {
+fn walk(root: &std::path::Path, dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
-                out.extend(walk(&path));
+                out.extend(walk(root, &path));
             } else {
-                out.push(
-                    path.strip_prefix(dir)
-                        .map_or_else(|_| path.display().to_string(), |p| p.display().to_string()),
-                );
+                let shown = path.strip_prefix(root).unwrap_or(&path);
+                out.push(format!("/{}", shown.display()));
             }
         }
     }
