@@ -1,0 +1,3 @@
+//! Shared test helpers, compiled into the one integration-test binary (`tests/it`).
+
+pub mod tools;
