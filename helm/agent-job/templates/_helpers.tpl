@@ -72,7 +72,7 @@ app.kubernetes.io/component: task
 {{- end }}
 
 {{- define "agent-job.agentImage" -}}
-{{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) }}
+{{- printf "%s:%s" .Values.agent.image.repository (toString (default .Chart.AppVersion .Values.agent.image.tag)) }}
 {{- end }}
 
 {{- define "agent-job.runnerImage" -}}

@@ -53,8 +53,8 @@ fn schema_rejects_unknown_keys_and_wrong_types_readably() {
             "at '/agent/replicaCount': got string, want integer",
         ),
         (
-            "agent.replicaCount=0",
-            "at '/agent/replicaCount': minimum: got 0, want 1",
+            "agent.replicaCount=-1",
+            "at '/agent/replicaCount': minimum: got -1, want 0",
         ),
         (
             "agent.logFormat=xml",
@@ -125,6 +125,36 @@ fn debug_accepts_the_spellings_users_type() {
     let r = render(&["--set-string", "agent.debug=1"]);
     let worker = super::container(r.task_pod(), "worker");
     assert_eq!(super::env(worker, "SCALR_AGENT_DEBUG"), Some("1"));
+}
+
+#[test]
+fn image_tags_keep_their_digits() {
+    for (flag, tag, image) in [
+        (
+            "--set",
+            "agent.image.tag=110",
+            "scalr-agent/scalr-agent:110",
+        ),
+        (
+            "--set",
+            "agent.image.tag=1.10",
+            "scalr-agent/scalr-agent:1.10",
+        ),
+    ] {
+        let r = render(&[flag, tag]);
+        assert_eq!(
+            super::container(r.controller_pod(), "controller")["image"],
+            image
+        );
+        assert_eq!(super::container(r.task_pod(), "worker")["image"], image);
+    }
+    let err = try_render(&["--set-json", "agent.image.tag=1.5"])
+        .err()
+        .expect("a float tag is refused");
+    assert!(
+        err.contains("at '/agent/image/tag': got number, want integer or string"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -232,6 +262,17 @@ fn notes_warn_about_what_is_missing_and_say_what_to_do() {
         "{bare}"
     );
     assert!(bare.contains("app.kubernetes.io/component=task"), "{bare}");
+    assert!(bare.contains("deploy/scalr-agent -- /usr/local/bin/scalr-agent check"), "{bare}");
+
+    let seed_command = install_notes(&["--set", "agent.token=<agent-pool-token>"]);
+    assert!(
+        seed_command.contains("WARNING: agent.url is not set"),
+        "{seed_command}"
+    );
+    assert!(
+        !seed_command.contains("no agent pool token"),
+        "{seed_command}"
+    );
 
     let ready = install_notes(&[
         "--set",
