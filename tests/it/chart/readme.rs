@@ -366,3 +366,31 @@ fn walk_schema(schema: &Value, values: &Value, path: &str, missing: &mut Vec<Str
         }
     }
 }
+
+#[test]
+fn readme_permissions_table_matches_the_controller_permissions() {
+    let text = std::fs::read_to_string(super::chart_dir().join("README.md")).expect("README.md");
+    let section = text
+        .split("## Permissions")
+        .nth(1)
+        .expect("a Permissions section");
+    let rows: BTreeSet<(String, String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("|-"))
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let unquote = |c: &str| c.trim_matches('`').trim_matches('"').to_owned();
+            (unquote(cells[1]), unquote(cells[2]), cells[3].to_owned())
+        })
+        .collect();
+    let want: BTreeSet<(String, String, String)> = scalr_agent::permissions::CONTROLLER_PERMISSIONS
+        .iter()
+        .map(|p| (p.group.to_owned(), p.rbac_resource(), p.verbs.join(", ")))
+        .collect();
+    assert_eq!(
+        rows, want,
+        "README's Permissions table and src/permissions.rs disagree"
+    );
+}

@@ -75,6 +75,10 @@ fn controller_deployment_runs_the_binary_hardened_with_the_designed_environment(
         r.one("ServiceAccount")["metadata"]["name"]
     );
     assert_eq!(pod["terminationGracePeriodSeconds"], 60);
+    assert_eq!(
+        pod["automountServiceAccountToken"], true,
+        "the controller needs its API token"
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],

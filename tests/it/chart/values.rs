@@ -262,7 +262,10 @@ fn notes_warn_about_what_is_missing_and_say_what_to_do() {
         "{bare}"
     );
     assert!(bare.contains("app.kubernetes.io/component=task"), "{bare}");
-    assert!(bare.contains("deploy/scalr-agent -- /usr/local/bin/scalr-agent check"), "{bare}");
+    assert!(
+        bare.contains("deploy/scalr-agent -- /usr/local/bin/scalr-agent check"),
+        "{bare}"
+    );
 
     let seed_command = install_notes(&["--set", "agent.token=<agent-pool-token>"]);
     assert!(
