@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod permissions;
 pub mod secret;
 pub mod shutdown;
 pub mod threads;

@@ -1,6 +1,10 @@
-//! Test support shared by the integration tests: an HTTP/TLS test server, a test PKI and a CONNECT
-//! proxy. The platform and Kubernetes simulators build on these.
+//! Test support shared by the integration tests: an HTTP/TLS test server, a test PKI, a CONNECT
+//! proxy, the real tools (helm, kubectl, terraform) and the simulators built on these. Each test
+//! binary or example uses a part of it, so unused items are expected.
+
+#![allow(dead_code)]
 
 pub mod http_server;
 pub mod pki;
 pub mod proxy;
+pub mod tools;
