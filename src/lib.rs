@@ -1,1 +1,3 @@
 //! scalr-agent library: every role of the binary lives here so integration tests can drive it.
+
+pub mod ipc;
