@@ -3,3 +3,4 @@
 pub mod install;
 pub mod ipc;
 pub mod probe;
+pub mod runner;
