@@ -10,12 +10,14 @@
 //!
 //! Layout: [`settings`] (flags, environment), [`server`] (the main loop), [`listener`] (socket,
 //! acceptor), [`connection`] (per-connection reader/writer threads), [`command`] (spawning and
-//! supervising one command), [`memory`] (cgroup reading and the soft-limit decision).
+//! supervising one command), [`memory`] (cgroup reading and the soft-limit decision), [`reaper`]
+//! (orphaned processes).
 
 pub mod command;
 mod connection;
 mod listener;
 pub mod memory;
+mod reaper;
 mod server;
 pub mod settings;
 

@@ -25,6 +25,7 @@ use super::command::{self, MemoryMonitor, RunningCommand};
 use super::connection::{self, Link};
 use super::listener::{self, Acceptor};
 use super::memory::CgroupMemory;
+use super::reaper::{become_subreaper, reap_orphans};
 use super::settings::ExecLoopConfig;
 use super::{ExitReason, RunnerError};
 use crate::ipc::{
@@ -162,45 +163,6 @@ fn detect_memory(config: &ExecLoopConfig) -> Option<MemoryMonitor> {
         settings: config.memory,
         interval: config.memory_sample_interval,
     })
-}
-
-/// Orphans of commands are re-parented to us (we are PID 1 in the runner container, or a
-/// subreaper elsewhere), so we reap them: no zombies pile up, and tests see what a pod sees.
-fn become_subreaper() {
-    // SAFETY: plain prctl on our own process.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } != 0 {
-        log::debug!(
-            "could not become a child subreaper: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Reaps exited children other than the running command's leader (which its thread reaps).
-fn reap_orphans(command_pid: Option<u32>) {
-    loop {
-        // SAFETY: siginfo_t is plain data that waitid fills; WNOWAIT leaves the child unreaped so
-        // we can skip the command's leader.
-        let pid = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let rc = libc::waitid(
-                libc::P_ALL,
-                0,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            );
-            if rc != 0 {
-                return; // ECHILD: no children
-            }
-            info.si_pid()
-        };
-        if pid == 0 || Some(pid as u32) == command_pid {
-            return;
-        }
-        // SAFETY: reaping a child that is not owned by a `Child` handle.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        log::debug!(pid = pid; "reaped an orphaned process");
-    }
 }
 
 struct Command {
