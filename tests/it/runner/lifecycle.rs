@@ -128,6 +128,11 @@ fn shutdown_kills_a_running_command_and_exits_zero() {
     let mut exec_loop = ExecLoop::start();
     let mut client = exec_loop.connect();
     let pid = client.run(&sh("exec sleep 300")).expect("run").pid() as i32;
+    // Its events were not read to the end: the client refuses to mix a second run into them.
+    assert!(matches!(
+        client.run(&sh("true")).map(|h| h.pid()),
+        Err(IpcError::RunInProgress)
+    ));
     client.shutdown().expect("shutdown");
     assert_eq!(
         exec_loop.wait_exit(DEADLINE).code(),

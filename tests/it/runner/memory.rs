@@ -1,7 +1,8 @@
 //! The memory monitor against fake cgroup trees (v2 and v1 layouts) whose usage the test drives.
 //!
-//! For exact control the v2 test makes `memory.current` a FIFO fed by a thread: every read by
-//! exec-loop consumes exactly one value the test chose, and the test can count samples.
+//! For exact control the v2 test makes `memory.current` and `memory.max` FIFOs fed in lockstep by a
+//! thread: exec-loop reads one after the other for every sample, so each sample consumes exactly one
+//! pair of values the test chose, and the test can count samples.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -16,50 +17,72 @@ use scalr_agent::ipc::{CommandEvent, ExitReport, RunHandle};
 
 use super::*;
 
-/// Serves `value` to every reader of a FIFO, one value per open, and counts them.
+/// Serves `memory.current` and `memory.max` as FIFOs, one sample at a time, and counts samples.
+///
+/// Lockstep matters: a FIFO opened for writing pairs with whichever reader has it open, so writing
+/// `memory.current` twice in a row could feed both values to one read. exec-loop reads
+/// `memory.current` to the end and closes it before it opens `memory.max`; waiting for that open
+/// proves the previous read is over.
 struct FifoFeeder {
-    path: PathBuf,
+    current: PathBuf,
+    max: PathBuf,
     value: Arc<AtomicU64>,
-    served: Arc<AtomicU64>,
+    samples: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+fn mkfifo(path: &Path) {
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: a valid C string and mode.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
 impl FifoFeeder {
-    fn start(path: &Path, initial: u64) -> FifoFeeder {
-        let c_path = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
-        // SAFETY: a valid C string and mode.
-        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    fn start(cgroup: &Path, initial: u64, limit: u64) -> FifoFeeder {
+        let (current, max) = (cgroup.join("memory.current"), cgroup.join("memory.max"));
+        mkfifo(&current);
+        mkfifo(&max);
         let value = Arc::new(AtomicU64::new(initial));
-        let served = Arc::new(AtomicU64::new(0));
+        let samples = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (path, value, served, stop) = (
-                path.to_path_buf(),
-                value.clone(),
-                served.clone(),
-                stop.clone(),
-            );
+            let (current, max) = (current.clone(), max.clone());
+            let (value, samples, stop) = (value.clone(), samples.clone(), stop.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    // Blocks until exec-loop opens the FIFO to take a sample.
-                    let Ok(mut fifo) = OpenOptions::new().write(true).open(&path) else {
+                let serve = |path: &Path, text: String| -> bool {
+                    // Blocks until exec-loop opens the FIFO to read it.
+                    let Ok(mut fifo) = OpenOptions::new().write(true).open(path) else {
+                        return false;
+                    };
+                    !stop.load(Ordering::SeqCst) && fifo.write_all(text.as_bytes()).is_ok()
+                };
+                loop {
+                    let Ok(mut fifo) = OpenOptions::new().write(true).open(&current) else {
                         return;
                     };
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
+                    // Counted once exec-loop opened `memory.current` for this sample: every
+                    // earlier sample has been fully processed by then.
+                    samples.fetch_add(1, Ordering::SeqCst);
                     let text = format!("{}\n", value.load(Ordering::SeqCst));
-                    if fifo.write_all(text.as_bytes()).is_ok() {
-                        served.fetch_add(1, Ordering::SeqCst);
+                    if fifo.write_all(text.as_bytes()).is_err() {
+                        return;
+                    }
+                    drop(fifo);
+                    if !serve(&max, format!("{limit}\n")) {
+                        return;
                     }
                 }
             })
         };
         FifoFeeder {
-            path: path.to_path_buf(),
+            current,
+            max,
             value,
-            served,
+            samples,
             stop,
             thread: Some(thread),
         }
@@ -69,15 +92,14 @@ impl FifoFeeder {
         self.value.store(value, Ordering::SeqCst);
     }
 
-    /// Sets `value` and returns once exec-loop has certainly processed a sample of it: the value
-    /// is read after the feeder's open returns, so the second open after the change proves a full
-    /// sample with the new value was taken.
+    /// Sets `value` and returns once exec-loop has certainly processed a sample of it: the sample
+    /// that opens after the change reads the new value, and the one after it proves it is done.
     fn set_and_wait_for_samples(&self, value: u64) {
-        let before = self.served.load(Ordering::SeqCst);
+        let before = self.samples.load(Ordering::SeqCst);
         self.set(value);
         assert!(
-            wait_until(DEADLINE, || self.served.load(Ordering::SeqCst)
-                >= before + 3),
+            wait_until(DEADLINE, || self.samples.load(Ordering::SeqCst)
+                >= before + 2),
             "exec-loop stopped sampling"
         );
     }
@@ -86,12 +108,21 @@ impl FifoFeeder {
 impl Drop for FifoFeeder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Unblock a writer waiting in open() by being a reader for a moment.
-        let _reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.path);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // Unblock a writer waiting in open() by being a reader for a moment, until it has seen
+        // the stop flag.
+        let stopped = wait_until(DEADLINE, || {
+            for path in [&self.current, &self.max] {
+                let _reader = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path);
+            }
+            thread.is_finished()
+        });
+        if stopped {
             let _ = thread.join();
         }
     }
@@ -164,8 +195,7 @@ fn fast_sampling(cgroup: &Path) -> Options {
 #[test]
 fn v2_soft_limit_sends_sigterm_once_to_the_group_and_reports_the_peak() {
     let cg = tempfile::tempdir().expect("tempdir");
-    fs::write(cg.path().join("memory.max"), "10000\n").expect("write");
-    let feeder = FifoFeeder::start(&cg.path().join("memory.current"), 1000);
+    let feeder = FifoFeeder::start(cg.path(), 1000, 10000);
     let exec_loop = ExecLoop::start_with(fast_sampling(cg.path()));
     let mut client = exec_loop.connect();
     let script = r#"trap 'echo parent-term' TERM
@@ -197,6 +227,8 @@ echo done"#;
         "{}",
         exec_loop.log()
     );
+    let log = exec_loop.log();
+    assert!(!log.contains("memory monitor: "), "a sample failed: {log}");
     let stdout = stdout_of(&events);
     assert_eq!(count_lines(&stdout, "parent-term"), 1, "{stdout}");
     assert_eq!(count_lines(&stdout, "child-term"), 1, "{stdout}");
