@@ -8,9 +8,9 @@
 //! than `--worker-gone-timeout-secs`. A memory monitor samples the container's cgroup while a
 //! command runs and sends SIGTERM once above the soft limit.
 //!
-//! Layout: [`settings`] (flags, environment), [`server`] (the main loop), [`listener`] (socket,
-//! acceptor), [`connection`] (per-connection reader/writer threads), [`command`] (spawning and
-//! supervising one command), [`memory`] (cgroup reading and the soft-limit decision), [`reaper`]
+//! Layout: [`settings`] (flags, environment), `server` (the main loop), `listener` (socket,
+//! acceptor), `connection` (per-connection reader/writer threads), [`command`] (spawning and
+//! supervising one command), [`memory`] (cgroup reading and the soft-limit decision), `reaper`
 //! (orphaned processes).
 
 pub mod command;

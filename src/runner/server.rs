@@ -69,15 +69,13 @@ pub fn serve(config: ExecLoopConfig) -> Result<ExitReason, RunnerError> {
     // First, before any thread exists (bind changes the umask), and before the markers directory
     // so that a socket directory we create is private.
     let listener = listener::bind(&config.socket)?;
+    let socket_file = RemoveOnDrop(config.socket.clone());
     let started = config.markers_dir.join("started");
     let healthy = config.markers_dir.join("healthy");
-    if let Err(source) = fs::create_dir_all(&config.markers_dir) {
-        let _ = fs::remove_file(&config.socket);
-        return Err(RunnerError::Markers {
-            path: config.markers_dir.clone(),
-            source,
-        });
-    }
+    fs::create_dir_all(&config.markers_dir).map_err(|source| RunnerError::Markers {
+        path: config.markers_dir.clone(),
+        source,
+    })?;
     for marker in [&started, &healthy] {
         let _ = fs::remove_file(marker);
     }
@@ -121,7 +119,7 @@ pub fn serve(config: ExecLoopConfig) -> Result<ExitReason, RunnerError> {
     });
 
     acceptor.stop();
-    let _ = fs::remove_file(&config.socket);
+    drop(socket_file);
     exec_loop.teardown(&inbox);
     signals_handle.close();
     if signal_thread.join().is_err() {
@@ -129,6 +127,15 @@ pub fn serve(config: ExecLoopConfig) -> Result<ExitReason, RunnerError> {
     }
     let _ = fs::remove_file(&healthy);
     result
+}
+
+/// Removes the socket file when exec-loop stops, on every path out of [`serve`].
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// Finds the container's cgroup when the monitor is on; says why it is off otherwise.
