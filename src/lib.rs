@@ -6,8 +6,12 @@
 pub mod check;
 pub mod config;
 pub mod http;
+pub mod install;
+pub mod ipc;
 pub mod logging;
 pub mod permissions;
+pub mod probe;
+pub mod runner;
 pub mod secret;
 pub mod shutdown;
 pub mod threads;

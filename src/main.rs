@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use scalr_agent::config::{Flags, Settings, vars};
+use scalr_agent::config::{ConfigErrors, Flags, Settings, vars};
+use scalr_agent::{install, probe, runner};
 
 /// scalr-agent: a self-hosted Scalr agent that runs every Terraform/OpenTofu run stage in its own
 /// Kubernetes Job. Configuration comes from SCALR_* environment variables; the global flags below
@@ -54,6 +55,9 @@ enum Command {
     Version(VersionCmd),
     Config(ConfigCmd),
     Check(CheckCmd),
+    Install(install::InstallArgs),
+    ExecLoop(runner::ExecLoopArgs),
+    Probe(probe::ProbeArgs),
 }
 
 /// Print the version, git commit, target and whether the binary is static.
@@ -120,10 +124,7 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(errors) => {
-                eprintln!("scalr-agent: {errors}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Err(errors) => config_failure(&errors),
         },
         Command::Check(_) => {
             let lines = scalr_agent::check::run(&settings);
@@ -136,5 +137,45 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        // Probes and the installer must work whatever else is configured: they read no settings.
+        Command::Probe(args) => match probe::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // Kubernetes shows a probe's output in the pod's events: one line, no log prefix.
+                eprintln!("probe failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Install(args) => {
+            if settings.is_err() {
+                scalr_agent::logging::init(scalr_agent::logging::LogFormat::Plain, false);
+            }
+            match install::run(&args) {
+                Ok(path) => {
+                    log::info!("installed {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failure(&e),
+            }
+        }
+        Command::ExecLoop(args) => match settings {
+            Ok(s) => match runner::run(&args, &s) {
+                Ok(reason) => ExitCode::from(reason.exit_code()),
+                Err(e) => failure(&e),
+            },
+            Err(errors) => config_failure(&errors),
+        },
     }
+}
+
+/// Prints every configuration problem and returns the configuration exit status.
+fn config_failure(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("scalr-agent: {errors}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Logs the error with its cause chain once, and returns failure.
+fn failure(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    log::error!("{}", scalr_agent::threads::error_chain(error));
+    ExitCode::FAILURE
 }

@@ -6,3 +6,4 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+mod runner;
