@@ -5,8 +5,10 @@
 
 pub mod check;
 pub mod config;
+pub mod controller;
 pub mod http;
 pub mod logging;
+pub mod model;
 pub mod secret;
 pub mod shutdown;
 pub mod threads;
