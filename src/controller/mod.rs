@@ -14,5 +14,6 @@
 
 pub mod job_builder;
 pub mod labels;
+pub mod limiter;
 pub mod naming;
 pub mod template;
