@@ -12,8 +12,10 @@
 //! [`render`] (the `render` subcommand).
 //! The types that cross channels are in [`crate::model`].
 
+pub mod facts;
 pub mod job_builder;
 pub mod labels;
 pub mod limiter;
 pub mod naming;
+pub mod supervision;
 pub mod template;
