@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use scalr_agent::config::{Flags, Settings, vars};
+use scalr_agent::controller::render::{self, RenderCmd, RenderContext};
 
 /// scalr-agent: a self-hosted Scalr agent that runs every Terraform/OpenTofu run stage in its own
 /// Kubernetes Job. Configuration comes from SCALR_* environment variables; the global flags below
@@ -54,6 +55,7 @@ enum Command {
     Version(VersionCmd),
     Config(ConfigCmd),
     Check(CheckCmd),
+    Render(RenderCmd),
 }
 
 /// Print the version, git commit, target and whether the binary is static.
@@ -134,6 +136,26 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Render(cmd) => {
+            let settings = settings.ok();
+            let ctx = RenderContext {
+                namespace: settings.as_ref().and_then(|s| s.namespace.clone()),
+                controller_id: settings.as_ref().map(|s| s.name.clone()),
+            };
+            match render::run(&cmd, &ctx) {
+                Ok(rendered) => {
+                    for warning in &rendered.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", rendered.text);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("scalr-agent: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
         }
     }

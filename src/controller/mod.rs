@@ -17,5 +17,6 @@ pub mod job_builder;
 pub mod labels;
 pub mod limiter;
 pub mod naming;
+pub mod render;
 pub mod supervision;
 pub mod template;
