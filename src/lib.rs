@@ -5,10 +5,12 @@
 
 pub mod check;
 pub mod config;
+pub mod controller;
 pub mod http;
 pub mod install;
 pub mod ipc;
 pub mod logging;
+pub mod model;
 pub mod permissions;
 pub mod probe;
 pub mod runner;

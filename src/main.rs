@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use scalr_agent::config::{ConfigErrors, Flags, Settings, vars};
+use scalr_agent::controller::render::{self, RenderCmd, RenderContext};
 use scalr_agent::{install, probe, runner};
 
 /// scalr-agent: a self-hosted Scalr agent that runs every Terraform/OpenTofu run stage in its own
@@ -58,6 +59,7 @@ enum Command {
     Install(install::InstallArgs),
     ExecLoop(runner::ExecLoopArgs),
     Probe(probe::ProbeArgs),
+    Render(RenderCmd),
 }
 
 /// Print the version, git commit, target and whether the binary is static.
@@ -165,6 +167,26 @@ fn main() -> ExitCode {
             },
             Err(errors) => config_failure(&errors),
         },
+        Command::Render(cmd) => {
+            let settings = settings.ok();
+            let ctx = RenderContext {
+                namespace: settings.as_ref().and_then(|s| s.namespace.clone()),
+                controller_id: settings.as_ref().map(|s| s.name.clone()),
+            };
+            match render::run(&cmd, &ctx) {
+                Ok(rendered) => {
+                    for warning in &rendered.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", rendered.text);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("scalr-agent: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
     }
 }
 

@@ -45,7 +45,15 @@ fn version_reports_version_commit_target_and_linkage() {
 fn help_lists_only_subcommands_that_exist() {
     let out = run(&["--help"], &[]);
     let help = text(&out);
-    for cmd in ["version", "config", "check"] {
+    for cmd in [
+        "version",
+        "config",
+        "check",
+        "render",
+        "install",
+        "exec-loop",
+        "probe",
+    ] {
         assert!(help.contains(&format!("  {cmd} ")), "{cmd} missing: {help}");
     }
 }

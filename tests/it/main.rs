@@ -6,4 +6,5 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+mod render;
 mod runner;
