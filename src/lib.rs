@@ -11,3 +11,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod threads;
 pub mod version;
+pub mod worker;

@@ -1,0 +1,6 @@
+//! The worker's building blocks for provisioning a run: the configuration version archive, the
+//! shared tool binary and provider caches, the Terraform CLI configuration and backend override, and
+//! the `SCALR_AGENT_ENV` file hooks write. The worker role wires them to the platform client.
+
+pub mod archive;
+mod checksum;
