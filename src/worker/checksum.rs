@@ -41,11 +41,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    /// Bytes written so far.
-    pub(crate) fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Whether the last failure was the size limit.
     pub(crate) fn over_limit(&self) -> bool {
         self.written > self.limit
@@ -75,6 +70,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// SHA-256 of everything `reader` yields, in hex.
+#[cfg(test)]
 pub(crate) fn sha256_of(reader: &mut dyn Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];

@@ -3,4 +3,6 @@
 //! the `SCALR_AGENT_ENV` file hooks write. The worker role wires them to the platform client.
 
 pub mod archive;
+pub mod binary_cache;
 mod checksum;
+mod eviction;
