@@ -1,7 +1,7 @@
 //! SHA-256 helpers shared by the configuration archive and the binary cache: parsing the expected
 //! hex digest the platform sends, and hashing bytes as they pass through a reader or writer.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -71,7 +71,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// SHA-256 of everything `reader` yields, in hex.
 #[cfg(test)]
-pub(crate) fn sha256_of(reader: &mut dyn Read) -> io::Result<String> {
+pub(crate) fn sha256_of(reader: &mut dyn std::io::Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
