@@ -6,3 +6,4 @@ pub mod archive;
 pub mod binary_cache;
 mod checksum;
 mod eviction;
+pub mod provider_cache;
