@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn budget_allows_exactly_what_was_granted() {
         let meter = Meter::new(4);
-        let data = vec![7u8; 10];
+        let data = [7u8; 10];
         let mut r = Budgeted::new(&data[..], meter.clone());
         let mut buf = [0u8; 16];
         assert_eq!(r.read(&mut buf).expect("granted"), 4);

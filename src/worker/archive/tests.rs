@@ -218,7 +218,8 @@ fn limits_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
     let members = [file("a", b"12345"), file("b", b"12345")];
     let bytes = tar_gz(&members);
-    let cases: Vec<(Limits, fn(&ArchiveError) -> bool)> = vec![
+    type Check = fn(&ArchiveError) -> bool;
+    let cases: Vec<(Limits, Check)> = vec![
         (
             Limits {
                 max_entries: 1,

@@ -144,7 +144,7 @@ fn links_are_followed_only_into_trusted_roots() {
     );
 
     let report = cache
-        .publish(&plugins, &lock, &[origin.clone()])
+        .publish(&plugins, &lock, std::slice::from_ref(&origin))
         .expect("publish");
     assert_eq!(report.published, [id(ADDRESS, "3.2.0")]);
 
