@@ -101,6 +101,11 @@ fn a_tar_gz_gives_up_the_member_named_like_the_tool() {
         .provision(&release("tofu", "1.8.0", &sum), &mut serve(body))
         .expect("provision");
     assert_eq!(std::fs::read(binary.path()).expect("read"), b"ELF tofu");
+    assert_eq!(
+        listing(&dir.path().join("binaries/tofu/1.8.0")),
+        [".sha256", "tofu"],
+        "the archive itself is not kept"
+    );
 }
 
 #[test]

@@ -26,7 +26,8 @@ pub(super) fn into_binary(
     match magic.as_slice() {
         [0x1f, 0x8b, ..] => {
             file.rewind().map_err(write_error(raw))?;
-            extract_member(file, binary, release)
+            extract_member(file, binary, release)?;
+            std::fs::remove_file(raw).map_err(write_error(raw))
         }
         [b'P', b'K', 3, 4] => Err(BinaryCacheError::UnsupportedFormat {
             tool: release.tool.to_string(),
