@@ -18,3 +18,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod threads;
 pub mod version;
+pub mod worker;

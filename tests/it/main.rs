@@ -8,3 +8,4 @@ mod cli;
 mod http;
 mod render;
 mod runner;
+mod worker_parts;
