@@ -6,6 +6,7 @@
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod platform;
 pub mod secret;
 pub mod shutdown;
 pub mod threads;

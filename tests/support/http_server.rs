@@ -180,7 +180,11 @@ impl<'a> Responder<'a> {
     /// Sends a whole response.
     pub fn respond(&mut self, response: HttpResponse) -> io::Result<()> {
         self.done = true;
-        let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        );
         for (k, v) in &response.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -318,6 +322,9 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut reader = BufReader::new(read_half);
             let mut writer = stream;
             serve_requests(&mut reader, &mut writer, peer, None, &handler);
+            // The accept loop keeps a clone for `drop_all_connections`: close explicitly, or a
+            // dropped connection would stay open until the server stops.
+            let _ = writer.shutdown(std::net::Shutdown::Both);
         }
         Some(config) => {
             let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -326,11 +333,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut tls_stream = rustls::StreamOwned::new(conn, stream);
             // Complete the handshake to learn the client certificate.
             while tls_stream.conn.is_handshaking() {
-                if tls_stream
-                    .conn
-                    .complete_io(&mut tls_stream.sock)
-                    .is_err()
-                {
+                if tls_stream.conn.complete_io(&mut tls_stream.sock).is_err() {
                     return;
                 }
             }
@@ -343,6 +346,9 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut reader = BufReader::new(shared.clone());
             let mut writer = shared;
             serve_requests(&mut reader, &mut writer, peer, client_cert, &handler);
+            if let Ok(tls) = writer.0.lock() {
+                let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }
@@ -397,7 +403,11 @@ fn serve_requests(
         };
         handler(&request, &mut responder);
         if !responder.done {
-            let _ = responder.respond(HttpResponse::new(500, "text/plain", "handler did not answer"));
+            let _ = responder.respond(HttpResponse::new(
+                500,
+                "text/plain",
+                "handler did not answer",
+            ));
         }
         if responder.close || wants_close {
             return;
