@@ -280,14 +280,12 @@ impl HttpClient {
     /// Builds the client; fails when TLS material or a proxy URL is unusable.
     pub fn new(options: &HttpOptions) -> Result<Self, HttpError> {
         let roots = match &options.ca {
-            Some(ca) => {
-                ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca.load().map_err(|e| {
-                    HttpError::Setup {
-                        what: "CA bundle".into(),
-                        detail: e.to_string(),
-                    }
-                })?))
-            }
+            Some(ca) => ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca.load().map_err(
+                |e| HttpError::Setup {
+                    what: "CA bundle".into(),
+                    detail: e.to_string(),
+                },
+            )?)),
             None => ureq::tls::RootCerts::WebPki,
         };
         let client_cert = match &options.client_identity {
@@ -325,12 +323,7 @@ impl HttpClient {
         };
         Ok(HttpClient {
             direct: build(None)?,
-            via_http_proxy: options
-                .proxy
-                .http
-                .as_deref()
-                .map(|p| build(Some(p)))
-                .transpose()?,
+            via_http_proxy: options.proxy.http.as_deref().map(|p| build(Some(p))).transpose()?,
             via_https_proxy: options
                 .proxy
                 .https
@@ -427,7 +420,8 @@ impl HttpClient {
                     .run()
             }
         };
-        let response = result.map_err(|e| transport_error(&request.method, &request.url, e))?;
+        let response =
+            result.map_err(|e| transport_error(&request.method, &request.url, e))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -449,9 +443,9 @@ fn transport_error(method: &str, url: &str, error: ureq::Error) -> HttpError {
     let kind = match &error {
         ureq::Error::Timeout(_) => TransportKind::Timeout,
         ureq::Error::Tls(_) => TransportKind::Tls,
-        ureq::Error::HostNotFound
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::ConnectProxyFailed(_) => TransportKind::Connect,
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::ConnectProxyFailed(_) => {
+            TransportKind::Connect
+        }
         ureq::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
                 TransportKind::Connect
@@ -501,10 +495,7 @@ mod tests {
 
     #[test]
     fn proxy_credentials_are_hidden_in_messages() {
-        assert_eq!(
-            redact_userinfo("http://u:p@proxy:3128"),
-            "http://***@proxy:3128"
-        );
+        assert_eq!(redact_userinfo("http://u:p@proxy:3128"), "http://***@proxy:3128");
         assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
     }
 }

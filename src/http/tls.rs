@@ -192,9 +192,7 @@ mod tests {
     fn empty_bundle_is_rejected() {
         let err = CaSource::Pem(b"nothing here".to_vec()).load().unwrap_err();
         assert!(matches!(err, TlsError::NoPem { .. }), "{err}");
-        let err = CaSource::File("/nonexistent/ca.pem".into())
-            .load()
-            .unwrap_err();
+        let err = CaSource::File("/nonexistent/ca.pem".into()).load().unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"));
     }
 }

@@ -146,10 +146,8 @@ impl CancelMode {
 }
 
 /// A task offered to this agent (it is not ours until acquired).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskOffer {
-    #[serde(skip)]
     pub task_id: String,
     pub stage: Stage,
     pub run_id: String,
@@ -158,6 +156,8 @@ pub struct TaskOffer {
     pub environment_id: String,
     pub environment_name: String,
     pub attempt: u32,
+    /// When the offer's lease ends and other agents may be offered the task.
+    pub expires_at: Option<jiff::Timestamp>,
 }
 
 /// A cancel request for a task this agent holds.

@@ -113,16 +113,42 @@ pub fn parse_session(body: &Value) -> Result<AgentSession, String> {
     })
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct OfferAttrs {
+    stage: Stage,
+    run_id: String,
+    workspace_id: String,
+    workspace_name: String,
+    environment_id: String,
+    environment_name: String,
+    attempt: u32,
+    #[serde(default)]
+    offer_expires_at: Option<String>,
+}
+
 pub fn parse_events(body: &Value) -> Result<Vec<AgentEvent>, String> {
     let items = body["data"].as_array().ok_or("data is not a list")?;
     let mut events = Vec::with_capacity(items.len());
     for item in items {
         match item.get("type").and_then(Value::as_str) {
             Some("task-offers") => {
-                let r: Resource<TaskOffer> = resource(item, "task-offers")?;
+                let r: Resource<OfferAttrs> = resource(item, "task-offers")?;
+                let a = r.attributes;
+                let expires_at = match a.offer_expires_at {
+                    Some(at) => Some(at.parse().map_err(|e| format!("offer-expires-at {at:?}: {e}"))?),
+                    None => None,
+                };
                 events.push(AgentEvent::Offer(TaskOffer {
                     task_id: r.id,
-                    ..r.attributes
+                    stage: a.stage,
+                    run_id: a.run_id,
+                    workspace_id: a.workspace_id,
+                    workspace_name: a.workspace_name,
+                    environment_id: a.environment_id,
+                    environment_name: a.environment_name,
+                    attempt: a.attempt,
+                    expires_at,
                 }));
             }
             Some("cancel-signals") => {
@@ -315,7 +341,8 @@ mod tests {
         let body = json!({"data": [
             {"type": "task-offers", "id": "task-1", "attributes": {"stage": "plan", "run-id": "run-1",
              "workspace-id": "ws-1", "workspace-name": "w", "environment-id": "env-1",
-             "environment-name": "e", "attempt": 2, "offer-expires-at": "x", "new-field": 1}},
+             "environment-name": "e", "attempt": 2, "offer-expires-at": "2026-11-30T10:00:15Z",
+             "new-field": 1}},
             {"type": "cancel-signals", "id": "task-2", "attributes": {"run-id": "run-2", "mode": "force"}},
             {"type": "something-new", "id": "x", "attributes": {}}
         ]});

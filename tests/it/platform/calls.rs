@@ -62,6 +62,8 @@ fn a_run_goes_through_plan_and_apply_over_the_protocol() {
         ),
         ("network", "production")
     );
+    let lease = offer.expires_at.expect("offers say when their lease ends");
+    assert!(lease > jiff::Timestamp::now(), "{lease}");
 
     let held = agent.acquire(&offer.task_id).expect("acquire");
     assert_eq!(held.task.status, TaskStatus::Acquired);

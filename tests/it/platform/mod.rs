@@ -9,4 +9,5 @@ mod fixture;
 mod race;
 mod sessions;
 mod strictness;
+mod table;
 mod terraform;

@@ -21,6 +21,7 @@ mod inspect;
 mod jsonapi;
 mod model;
 mod routes;
+mod runs;
 mod state_backend;
 mod task_api;
 mod world;
