@@ -12,14 +12,14 @@
 #[allow(dead_code)]
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use scalr_agent::http::{HttpClient, HttpOptions, Request, RetryPolicy};
 use scalr_agent::platform::{AgentEvent, PlatformClient, Registration};
 use scalr_agent::secret::Secret;
-use support::platform_sim::{tar_gz, PlatformSim, RunSpec};
+use support::platform_sim::{PlatformSim, RunSpec, tar_gz};
 
 struct Args {
     calls: usize,
@@ -28,7 +28,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args { calls: 2000, runs: 5000, agents: 8 };
+    let mut args = Args {
+        calls: 2000,
+        runs: 5000,
+        agents: 8,
+    };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -70,7 +74,13 @@ fn setup() -> (PlatformSim, String, String, Secret) {
     let pool = sim.create_pool("bench");
     let ws = sim.create_workspace(&pool.id, "bench", "bench");
     let cv = sim.upload_configuration_version(&ws, tar_gz(&[("main.tf", b"")]));
-    sim.register_tool("terraform", "1.15.5", "linux_amd64", "binary", vec![0; 1024]);
+    sim.register_tool(
+        "terraform",
+        "1.15.5",
+        "linux_amd64",
+        "binary",
+        vec![0; 1024],
+    );
     (sim, ws, cv, Secret::new(pool.token))
 }
 
@@ -84,7 +94,10 @@ fn latency(calls: usize) {
     let (sim, ws, cv, pool_token) = setup();
     let client = client(&sim);
     let agent = client
-        .register(&pool_token, &Registration::kubernetes_controller("bench-latency", 4))
+        .register(
+            &pool_token,
+            &Registration::kubernetes_controller("bench-latency", 4),
+        )
         .expect("register");
     sim.queue_run(&ws, RunSpec::new(&cv));
     let offer = agent
@@ -102,11 +115,18 @@ fn latency(calls: usize) {
 
     let http = HttpClient::new(&HttpOptions::default()).expect("http");
     let session = agent.session();
-    let heartbeat_url = format!("{}/api/iacp/v3/agents/{}/actions/heartbeat", sim.url(), session.agent_id);
+    let heartbeat_url = format!(
+        "{}/api/iacp/v3/agents/{}/actions/heartbeat",
+        sim.url(),
+        session.agent_id
+    );
     let heartbeat_doc = r#"{"data":{"type":"heartbeats","attributes":{"free-capacity":3}}}"#;
     let bearer = format!("Bearer {}", session.token.expose());
 
-    println!("client per-call latency on loopback ({calls} calls each, after {} warm-up calls)", calls / 10);
+    println!(
+        "client per-call latency on loopback ({calls} calls each, after {} warm-up calls)",
+        calls / 10
+    );
     println!("{:<44} {:>10} {:>10}", "call", "p50 µs", "p99 µs");
     let row = |name: &str, (p50, p99): (Duration, Duration)| {
         println!("{name:<44} {:>10} {:>10}", p50.as_micros(), p99.as_micros());
@@ -121,18 +141,35 @@ fn latency(calls: usize) {
             assert_eq!(http.send(request).expect("raw").status, 200);
         }),
     );
-    row("AgentClient::heartbeat", measure(calls, || drop(agent.heartbeat(3).expect("heartbeat"))));
-    row("AgentClient::poll (wait 0, nothing)", measure(calls, || drop(agent.poll(0, Duration::ZERO).expect("poll"))));
-    row("AgentClient::held_tasks (1 task)", measure(calls, || drop(agent.held_tasks().expect("held"))));
-    row("TaskClient::get (full task document)", measure(calls, || drop(worker.get().expect("get"))));
-    row("TaskClient::heartbeat", measure(calls, || {
-        worker.heartbeat().expect("task heartbeat");
-    }));
+    row(
+        "AgentClient::heartbeat",
+        measure(calls, || drop(agent.heartbeat(3).expect("heartbeat"))),
+    );
+    row(
+        "AgentClient::poll (wait 0, nothing)",
+        measure(calls, || drop(agent.poll(0, Duration::ZERO).expect("poll"))),
+    );
+    row(
+        "AgentClient::held_tasks (1 task)",
+        measure(calls, || drop(agent.held_tasks().expect("held"))),
+    );
+    row(
+        "TaskClient::get (full task document)",
+        measure(calls, || drop(worker.get().expect("get"))),
+    );
+    row(
+        "TaskClient::heartbeat",
+        measure(calls, || {
+            worker.heartbeat().expect("task heartbeat");
+        }),
+    );
     let mut offset = 0;
     let line = [b'x'; 100];
     row(
         "TaskClient::append_log (100 B)",
-        measure(calls, || offset = worker.append_log(offset, &line).expect("append")),
+        measure(calls, || {
+            offset = worker.append_log(offset, &line).expect("append")
+        }),
     );
 }
 
@@ -149,7 +186,10 @@ fn throughput(runs: usize, agents: usize) {
     let agent_clients: Vec<_> = (0..agents)
         .map(|i| {
             client
-                .register(&pool_token, &Registration::kubernetes_controller(&format!("bench-{i}"), 16))
+                .register(
+                    &pool_token,
+                    &Registration::kubernetes_controller(&format!("bench-{i}"), 16),
+                )
                 .expect("register")
         })
         .collect();
@@ -157,7 +197,12 @@ fn throughput(runs: usize, agents: usize) {
     let threads: Vec<_> = agent_clients
         .into_iter()
         .map(|agent| {
-            let (acquired, offered, polls, lost) = (acquired.clone(), offered.clone(), polls.clone(), lost.clone());
+            let (acquired, offered, polls, lost) = (
+                acquired.clone(),
+                offered.clone(),
+                polls.clone(),
+                lost.clone(),
+            );
             std::thread::spawn(move || {
                 while acquired.load(Ordering::SeqCst) < runs as u64 {
                     let events = agent.poll(16, Duration::ZERO).expect("poll");
@@ -166,11 +211,17 @@ fn throughput(runs: usize, agents: usize) {
                         std::thread::yield_now();
                     }
                     for event in events {
-                        let AgentEvent::Offer(offer) = event else { continue };
+                        let AgentEvent::Offer(offer) = event else {
+                            continue;
+                        };
                         offered.fetch_add(1, Ordering::Relaxed);
                         match agent.acquire(&offer.task_id) {
-                            Ok(_) => drop(acquired.fetch_add(1, Ordering::SeqCst)),
-                            Err(e) if e.status() == Some(409) => drop(lost.fetch_add(1, Ordering::Relaxed)),
+                            Ok(_) => {
+                                acquired.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) if e.status() == Some(409) => {
+                                lost.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(e) => panic!("acquire: {e}"),
                         }
                     }
@@ -184,8 +235,13 @@ fn throughput(runs: usize, agents: usize) {
     let elapsed = started.elapsed().as_secs_f64();
     let acquired = acquired.load(Ordering::SeqCst);
     println!();
-    println!("simulator throughput: {runs} queued tasks, {agents} agent threads, capacity 16, wait 0");
-    println!("  acquired {acquired} in {elapsed:.2} s: {:.0} acquires/s", acquired as f64 / elapsed);
+    println!(
+        "simulator throughput: {runs} queued tasks, {agents} agent threads, capacity 16, wait 0"
+    );
+    println!(
+        "  acquired {acquired} in {elapsed:.2} s: {:.0} acquires/s",
+        acquired as f64 / elapsed
+    );
     println!(
         "  offers delivered {} ({:.0}/s), polls {} ({:.0}/s), acquires lost to another agent {}",
         offered.load(Ordering::Relaxed),

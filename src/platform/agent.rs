@@ -75,7 +75,7 @@ impl PlatformClient {
             body: Body::Json(wire::registration_doc(registration)),
             read_timeout: None,
         })?;
-        wire::parse_session(&body).map_err(|detail| PlatformError::Decode { at, detail })
+        wire::parse_session(&body).map_err(|detail| PlatformError::decode(at, detail))
     }
 }
 
@@ -148,7 +148,7 @@ impl AgentClient {
                 body: Body::Json(wire::heartbeat_doc(free_capacity)),
                 read_timeout: None,
             })?;
-            wire::parse_agent(&body).map_err(|detail| PlatformError::Decode { at, detail })
+            wire::parse_agent(&body).map_err(|detail| PlatformError::decode(at, detail))
         })
     }
 
@@ -172,7 +172,7 @@ impl AgentClient {
                 body: Body::Empty,
                 read_timeout: Some(self.client.long_poll_timeout(wait)),
             })?;
-            wire::parse_events(&body).map_err(|detail| PlatformError::Decode { at, detail })
+            wire::parse_events(&body).map_err(|detail| PlatformError::decode(at, detail))
         })
     }
 
@@ -184,9 +184,7 @@ impl AgentClient {
             task_id,
             "acquire",
             Body::Empty,
-            |at, body| {
-                wire::parse_held(body).map_err(|detail| PlatformError::Decode { at, detail })
-            },
+            |at, body| wire::parse_held(body).map_err(|detail| PlatformError::decode(at, detail)),
         )
     }
 
@@ -245,7 +243,7 @@ impl AgentClient {
                 body: Body::Empty,
                 read_timeout: None,
             })?;
-            wire::parse_held_list(&body).map_err(|detail| PlatformError::Decode { at, detail })
+            wire::parse_held_list(&body).map_err(|detail| PlatformError::decode(at, detail))
         })
     }
 
@@ -285,5 +283,5 @@ fn summary(
     at: super::error::CallSite,
     body: &serde_json::Value,
 ) -> Result<TaskSummary, PlatformError> {
-    wire::parse_summary(body).map_err(|detail| PlatformError::Decode { at, detail })
+    wire::parse_summary(body).map_err(|detail| PlatformError::decode(at, detail))
 }

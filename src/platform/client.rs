@@ -134,7 +134,7 @@ impl PlatformClient {
         let site = call.site.clone();
         let response = self.send(call)?;
         let value = serde_json::from_slice(&response.body).map_err(|e| PlatformError::Decode {
-            at: site.clone(),
+            at: Box::new(site.clone()),
             detail: format!("invalid JSON: {e}"),
         })?;
         Ok((site, value))
@@ -168,7 +168,7 @@ impl PlatformClient {
             .http
             .send(request)
             .map_err(|source| PlatformError::Transport {
-                at: call.site.clone(),
+                at: Box::new(call.site.clone()),
                 source,
             })?;
         if (200..300).contains(&response.status) {
@@ -189,7 +189,7 @@ impl PlatformClient {
     ) -> Result<u64, PlatformError> {
         let at = site(call, "GET", download.path.clone(), TokenKind::Task);
         wire::check_path(&download.path).map_err(|detail| PlatformError::InvalidArgument {
-            at: at.clone(),
+            at: Box::new(at.clone()),
             detail,
         })?;
         crate::http::retry::retry(self.retry, self.shutdown.as_ref(), call, |_| {
@@ -209,7 +209,7 @@ impl PlatformClient {
             .header("Authorization", format!("Bearer {}", token.expose()))
             .header("Accept", "application/octet-stream");
         let transport = |source| PlatformError::Transport {
-            at: at.clone(),
+            at: Box::new(at.clone()),
             source,
         };
         let mut response = self.http.stream(request).map_err(transport)?;
@@ -229,7 +229,7 @@ impl PlatformClient {
         }
         let temp = temp_path(dest);
         let io = |source| PlatformError::Io {
-            at: at.clone(),
+            at: Box::new(at.clone()),
             path: temp.clone(),
             source,
         };
@@ -253,7 +253,7 @@ impl PlatformClient {
                 size += n as u64;
                 if size > download.size {
                     return Err(PlatformError::Checksum {
-                        at: at.clone(),
+                        at: Box::new(at.clone()),
                         expected: format!("{} bytes", download.size),
                         actual: format!("more than {} bytes", download.size),
                     });
@@ -264,14 +264,14 @@ impl PlatformClient {
             let actual = hex(&hasher.finalize());
             if size != download.size || !actual.eq_ignore_ascii_case(&download.sha256) {
                 return Err(PlatformError::Checksum {
-                    at: at.clone(),
+                    at: Box::new(at.clone()),
                     expected: format!("sha256 {} ({} bytes)", download.sha256, download.size),
                     actual: format!("sha256 {actual} ({size} bytes)"),
                 });
             }
             file.sync_all().map_err(io)?;
             std::fs::rename(&temp, dest).map_err(|source| PlatformError::Io {
-                at: at.clone(),
+                at: Box::new(at.clone()),
                 path: dest.to_path_buf(),
                 source,
             })?;
@@ -315,7 +315,7 @@ pub(crate) fn check_id(at: &CallSite, id: &str) -> Result<(), PlatformError> {
         Ok(())
     } else {
         Err(PlatformError::InvalidArgument {
-            at: at.clone(),
+            at: Box::new(at.clone()),
             detail: format!("{id:?} is not a valid identifier"),
         })
     }

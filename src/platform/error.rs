@@ -43,23 +43,26 @@ pub enum PlatformError {
     /// The client could not be built (bad URL, TLS material, proxy).
     Setup { detail: String },
     /// An argument cannot be sent (an id with characters a path cannot carry).
-    InvalidArgument { at: CallSite, detail: String },
+    InvalidArgument { at: Box<CallSite>, detail: String },
     /// No HTTP response: connect, TLS, timeout, broken connection.
-    Transport { at: CallSite, source: HttpError },
+    Transport {
+        at: Box<CallSite>,
+        source: HttpError,
+    },
     /// 401: the credential is gone. Stop.
-    Unauthorized { at: CallSite, detail: String },
+    Unauthorized { at: Box<CallSite>, detail: String },
     /// 410: the agent's session ended (missed heartbeats). Register again.
-    SessionExpired { at: CallSite },
+    SessionExpired { at: Box<CallSite> },
     /// 429, 503 or another 5xx: come back later (`retry_after` when the server said when).
     Unavailable {
-        at: CallSite,
+        at: Box<CallSite>,
         status: u16,
         retry_after: Option<Duration>,
         detail: String,
     },
     /// Any other non-success status: the request cannot succeed as it is (403, 404, 409, 422, ...).
     Rejected {
-        at: CallSite,
+        at: Box<CallSite>,
         status: u16,
         /// The protocol's error code (`already-acquired`, `log-gap`, ...), when the body had one.
         code: Option<String>,
@@ -68,16 +71,16 @@ pub enum PlatformError {
         expected_offset: Option<u64>,
     },
     /// A success response whose body does not match the protocol.
-    Decode { at: CallSite, detail: String },
+    Decode { at: Box<CallSite>, detail: String },
     /// A download whose sha256 or size differs from what the task document promised.
     Checksum {
-        at: CallSite,
+        at: Box<CallSite>,
         expected: String,
         actual: String,
     },
     /// Writing a download to disk failed.
     Io {
-        at: CallSite,
+        at: Box<CallSite>,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -140,8 +143,17 @@ impl PlatformError {
         matches!(self, PlatformError::Unauthorized { .. })
     }
 
+    /// A response that does not match the protocol.
+    pub(crate) fn decode(at: CallSite, detail: String) -> Self {
+        PlatformError::Decode {
+            at: Box::new(at),
+            detail,
+        }
+    }
+
     /// Classifies a non-success response.
     pub(crate) fn from_response(at: CallSite, response: &Response) -> Self {
+        let at = Box::new(at);
         let body = ErrorBody::parse(response);
         match response.status {
             401 => PlatformError::Unauthorized {
@@ -320,7 +332,15 @@ mod tests {
     fn statuses_are_classified_once() {
         let conflict = r#"{"errors":[{"status":"409","code":"log-gap","detail":"resend from 3"}],
                            "meta":{"expected-offset":3}}"#;
-        let cases: &[(u16, &[(&str, &str)], &str, Verdict, Option<&str>)] = &[
+        // (status, headers, body, verdict, code)
+        type Case<'a> = (
+            u16,
+            &'a [(&'a str, &'a str)],
+            &'a str,
+            Verdict,
+            Option<&'a str>,
+        );
+        let cases: &[Case<'_>] = &[
             (401, &[], "{}", Verdict::Fatal, None),
             (410, &[], "{}", Verdict::Permanent, None),
             (

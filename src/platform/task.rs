@@ -83,7 +83,7 @@ impl TaskClient {
 
     fn spec(&self, at: CallSite, body: &serde_json::Value) -> Result<TaskSpec, PlatformError> {
         wire::parse_spec(body, self.client.base_url())
-            .map_err(|detail| PlatformError::Decode { at, detail })
+            .map_err(|detail| PlatformError::decode(at, detail))
     }
 
     /// Starts the task (acquired → running) and returns everything the worker needs. A `Rejected`
@@ -136,7 +136,7 @@ impl TaskClient {
             },
             None,
         )?;
-        wire::parse_log_length(&body).map_err(|detail| PlatformError::Decode { at, detail })
+        wire::parse_log_length(&body).map_err(|detail| PlatformError::decode(at, detail))
     }
 
     /// Uploads a plan artefact of run `run_id` (plan stage only). The same bytes again succeed;
@@ -170,7 +170,7 @@ impl TaskClient {
             Body::Empty,
             None,
         )?;
-        wire::parse_task_heartbeat(&body).map_err(|detail| PlatformError::Decode { at, detail })
+        wire::parse_task_heartbeat(&body).map_err(|detail| PlatformError::decode(at, detail))
     }
 
     /// Long-polls for a cancel stronger than `seen`, up to `wait` (at most 30 s). `None` when the
@@ -188,7 +188,7 @@ impl TaskClient {
         let at = self.at("wait for cancel", "GET", &suffix)?;
         let timeout = self.client.long_poll_timeout(wait);
         let (at, body) = self.json(at, Body::Empty, Some(timeout))?;
-        wire::parse_cancel(&body).map_err(|detail| PlatformError::Decode { at, detail })
+        wire::parse_cancel(&body).map_err(|detail| PlatformError::decode(at, detail))
     }
 
     /// Reports the final status. Repeating the same result succeeds; a different one after the task
@@ -196,6 +196,6 @@ impl TaskClient {
     pub fn finish(&self, result: &TaskResult) -> Result<TaskSummary, PlatformError> {
         let at = self.at("finish task", "POST", "/actions/finish")?;
         let (at, body) = self.json(at, Body::Json(wire::result_doc(result)), None)?;
-        wire::parse_summary(&body).map_err(|detail| PlatformError::Decode { at, detail })
+        wire::parse_summary(&body).map_err(|detail| PlatformError::decode(at, detail))
     }
 }

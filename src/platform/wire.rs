@@ -136,7 +136,10 @@ pub fn parse_events(body: &Value) -> Result<Vec<AgentEvent>, String> {
                 let r: Resource<OfferAttrs> = resource(item, "task-offers")?;
                 let a = r.attributes;
                 let expires_at = match a.offer_expires_at {
-                    Some(at) => Some(at.parse().map_err(|e| format!("offer-expires-at {at:?}: {e}"))?),
+                    Some(at) => Some(
+                        at.parse()
+                            .map_err(|e| format!("offer-expires-at {at:?}: {e}"))?,
+                    ),
                     None => None,
                 };
                 events.push(AgentEvent::Offer(TaskOffer {

@@ -143,7 +143,7 @@ pub fn check(c: &Case, response: &Response) -> Result<(), String> {
     let body: serde_json::Value =
         serde_json::from_slice(&response.body).map_err(|e| e.to_string())?;
     let error = &body["errors"][0];
-    if error["status"] != c.status.to_string() || error["code"] != c.code {
+    if error["status"].as_str() != Some(c.status.to_string().as_str()) || error["code"] != c.code {
         return Err(format!("error {error} instead of {} {}", c.status, c.code));
     }
     let detail = error["detail"].as_str().unwrap_or_default();

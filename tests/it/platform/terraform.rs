@@ -54,7 +54,7 @@ impl Terraform {
     }
 
     fn run(&self, backend: &StateBackend, password: &str, args: &[&str]) -> Output {
-        let output = Command::new(&self.bin)
+        Command::new(&self.bin)
             .args(args)
             .current_dir(self.dir.path())
             .env_clear()
@@ -72,8 +72,7 @@ impl Terraform {
             .env("TF_HTTP_PASSWORD", password)
             .env("TF_HTTP_RETRY_MAX", "0")
             .output()
-            .expect("run terraform");
-        output
+            .expect("run terraform")
     }
 }
 

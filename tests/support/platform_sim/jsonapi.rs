@@ -12,9 +12,14 @@ use crate::support::http_server::{HttpRequest, HttpResponse};
 /// The JSON:API media type.
 pub const MEDIA_TYPE: &str = "application/vnd.api+json";
 
-/// A protocol error: status, code, detail, optional pointer and meta.
+/// A protocol error: status, code, detail, optional pointer and meta. Boxed: handlers return it in
+/// every `Result`, and it is rare.
 #[derive(Clone, Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ApiErrorBody>);
+
+/// The fields of an [`ApiError`].
+#[derive(Clone, Debug)]
+pub struct ApiErrorBody {
     pub status: u16,
     pub code: &'static str,
     pub detail: String,
@@ -23,16 +28,29 @@ pub struct ApiError {
     pub headers: Vec<(String, String)>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ApiErrorBody;
+    fn deref(&self) -> &ApiErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ApiErrorBody {
+        &mut self.0
+    }
+}
+
 impl ApiError {
     pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ApiErrorBody {
             status,
             code,
             detail: detail.into(),
             pointer: None,
             meta: None,
             headers: Vec::new(),
-        }
+        }))
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
