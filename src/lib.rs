@@ -12,6 +12,7 @@ pub mod ipc;
 pub mod logging;
 pub mod model;
 pub mod permissions;
+pub mod platform;
 pub mod probe;
 pub mod runner;
 pub mod secret;

@@ -6,6 +6,7 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+mod platform;
 mod render;
 mod runner;
 mod worker_parts;

@@ -322,6 +322,9 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut reader = BufReader::new(read_half);
             let mut writer = stream;
             serve_requests(&mut reader, &mut writer, peer, None, &handler);
+            // The accept loop keeps a clone for `drop_all_connections`: close explicitly, or a
+            // dropped connection would stay open until the server stops.
+            let _ = writer.shutdown(std::net::Shutdown::Both);
         }
         Some(config) => {
             let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -343,6 +346,9 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut reader = BufReader::new(shared.clone());
             let mut writer = shared;
             serve_requests(&mut reader, &mut writer, peer, client_cert, &handler);
+            if let Ok(tls) = writer.0.lock() {
+                let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 }

@@ -6,5 +6,6 @@
 
 pub mod http_server;
 pub mod pki;
+pub mod platform_sim;
 pub mod proxy;
 pub mod tools;
