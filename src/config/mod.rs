@@ -6,6 +6,7 @@
 //! table of names, defaults and meanings.
 
 pub mod raw;
+mod rules;
 pub mod settings;
 pub mod vars;
 

@@ -99,7 +99,7 @@ impl CaSource {
                 })?,
                 path.display().to_string(),
             ),
-            CaSource::Pem(pem) => (pem.clone(), "SCALR_AGENT_CA_CERT".to_string()),
+            CaSource::Pem(pem) => (pem.clone(), "inline PEM data".to_string()),
         };
         let mut certs = Vec::new();
         for item in ureq::tls::parse_pem(&bytes) {
