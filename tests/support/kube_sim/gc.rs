@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::objects::{self, CRD_FINALIZER};
+use super::defaults::CRD_FINALIZER;
+use super::objects;
 use super::resources::{Propagation, ResourceType};
 use super::state::{CRD_GR, Shared, State};
 use super::status::{self, ApiError};

@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod defaults;
 pub mod discovery;
 pub mod faults;
 pub mod gc;

@@ -386,6 +386,97 @@ fn crd(obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Fields of `plural` that an update may not change (a 422 cause each).
+pub fn immutable_fields(plural: &str, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let immutable = |field: &str, a: &Value, b: &Value, causes: &mut Vec<Cause>| {
+        if a != b {
+            causes.push(Cause::invalid(field, b, "field is immutable"));
+        }
+    };
+    match plural {
+        "jobs" => {
+            immutable(
+                "spec.selector",
+                &old["spec"]["selector"],
+                &new["spec"]["selector"],
+                &mut causes,
+            );
+            if new["spec"]["suspend"].as_bool() != Some(true) {
+                immutable(
+                    "spec.template",
+                    &old["spec"]["template"],
+                    &new["spec"]["template"],
+                    &mut causes,
+                );
+            }
+            immutable(
+                "spec.completionMode",
+                &old["spec"]["completionMode"],
+                &new["spec"]["completionMode"],
+                &mut causes,
+            );
+        }
+        "deployments" => {
+            immutable(
+                "spec.selector",
+                &old["spec"]["selector"],
+                &new["spec"]["selector"],
+                &mut causes,
+            );
+        }
+        "secrets" | "configmaps" if old["immutable"].as_bool() == Some(true) => {
+            for field in ["data", "binaryData", "immutable"] {
+                if old[field] != new[field] {
+                    causes.push(Cause::forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        "pods" => {
+            let mutable_only = |v: &Value| {
+                let mut s = v["spec"].clone();
+                for list in ["containers", "initContainers"] {
+                    for c in s[list].as_array_mut().into_iter().flatten() {
+                        c["image"] = Value::Null;
+                    }
+                }
+                for f in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                ] {
+                    if let Some(m) = s.as_object_mut() {
+                        m.remove(f);
+                    }
+                }
+                s
+            };
+            if mutable_only(old) != mutable_only(new) {
+                causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+            }
+        }
+        "customresourcedefinitions" => {
+            immutable(
+                "spec.group",
+                &old["spec"]["group"],
+                &new["spec"]["group"],
+                &mut causes,
+            );
+            immutable(
+                "spec.names.plural",
+                &old["spec"]["names"]["plural"],
+                &new["spec"]["names"]["plural"],
+                &mut causes,
+            );
+        }
+        _ => {}
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
