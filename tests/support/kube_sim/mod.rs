@@ -22,6 +22,7 @@ pub mod faults;
 pub mod gc;
 pub mod handlers;
 pub mod objects;
+pub mod openapi;
 pub mod patch;
 pub mod proto;
 pub mod rbac;

@@ -477,9 +477,96 @@ pub fn immutable_fields(plural: &str, old: &Value, new: &Value) -> Vec<Cause> {
     causes
 }
 
+const META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Top-level and `metadata` fields of `obj` that kind `plural` does not declare, as strict
+/// decoding names them (`dataa`, `metadata.nmae`). Custom resources: `metadata` only (their
+/// schemas are not modelled).
+pub fn unknown_fields(plural: &str, custom: bool, obj: &Value) -> Vec<String> {
+    let own: &[&str] = match plural {
+        "configmaps" => &["data", "binaryData", "immutable"],
+        "secrets" => &["data", "stringData", "type", "immutable"],
+        "serviceaccounts" => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        "roles" => &["rules"],
+        "clusterroles" => &["rules", "aggregationRule"],
+        "rolebindings" | "clusterrolebindings" => &["roleRef", "subjects"],
+        "events" => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
+        _ => &["spec", "status"],
+    };
+    let mut out = Vec::new();
+    if let Some(m) = obj.as_object()
+        && !custom
+    {
+        for k in m.keys() {
+            let declared = matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                || own.contains(&k.as_str());
+            if !declared && !k.starts_with('$') {
+                out.push(k.clone());
+            }
+        }
+    }
+    if let Some(meta) = obj["metadata"].as_object() {
+        for k in meta.keys() {
+            if !META_FIELDS.contains(&k.as_str()) && !k.starts_with('$') {
+                out.push(format!("metadata.{k}"));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_decoding_names_undeclared_fields() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "lables": {}},
+            "data": {}, "dataa": {}});
+        assert_eq!(
+            unknown_fields("configmaps", false, &cm),
+            vec!["dataa", "metadata.lables"]
+        );
+        let job = json!({"kind": "Job", "metadata": {"name": "j"}, "spec": {}, "status": {}});
+        assert!(unknown_fields("jobs", false, &job).is_empty());
+        let cr = json!({"kind": "X", "metadata": {"name": "x"}, "anything": 1});
+        assert!(unknown_fields("xs", true, &cr).is_empty());
+    }
 
     #[test]
     fn names_and_labels() {

@@ -2,6 +2,8 @@
 //! kubectl v1.32 and kubectl v1.37.1 from `scripts/install-tools.sh` run `create -f`, client-side
 //! `apply -f`, `get -o json`, `get -w`, `label`, `delete` and `auth can-i` with RBAC on; a chart
 //! rendered by real `helm template` (helm v4.3.1) is applied with kubectl and its RBAC works.
+//! kubectl validates as it does against real servers (no `--validate=false`): the simulator's
+//! OpenAPI v3 index tells it the server checks fields (`fieldValidation=Strict`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,10 +16,12 @@ use serde_json::{Value, json};
 
 use crate::support::kube_sim::{Credential, KubeSim, KubeSimOptions};
 
+mod helm;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `target/tools/bin`, after `scripts/install-tools.sh` ran once in this process (it caches).
-fn tools_bin() -> &'static Path {
+pub fn tools_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -40,7 +44,7 @@ fn tools_bin() -> &'static Path {
 
 /// The machine image's kubectl v1.32. Its `kubectl` may be gcloud's dispatcher, which picks a
 /// binary by the server's version; then its `kubectl.1.32` sibling is the one to run.
-fn machine_kubectl_1_32() -> PathBuf {
+pub fn machine_kubectl_1_32() -> PathBuf {
     let path = std::env::var_os("PATH").expect("PATH is set");
     let found = std::env::split_paths(&path)
         .map(|d| d.join("kubectl"))
@@ -62,12 +66,12 @@ fn machine_kubectl_1_32() -> PathBuf {
     bin
 }
 
-fn kubectl_1_37() -> PathBuf {
+pub fn kubectl_1_37() -> PathBuf {
     tools_bin().join("kubectl")
 }
 
 /// One kubectl binary pointed at one simulator with one identity, in its own HOME.
-struct Kubectl<'a> {
+pub struct Kubectl<'a> {
     bin: PathBuf,
     kubeconfig: PathBuf,
     home: &'a Path,
@@ -75,7 +79,7 @@ struct Kubectl<'a> {
 }
 
 impl<'a> Kubectl<'a> {
-    fn new(
+    pub fn new(
         bin: &Path,
         sim: &'a KubeSim,
         dir: &'a Path,
@@ -103,7 +107,7 @@ impl<'a> Kubectl<'a> {
         cmd
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut child = self
             .command(args)
             .stdin(Stdio::piped())
@@ -120,11 +124,11 @@ impl<'a> Kubectl<'a> {
     }
 
     /// Runs and requires success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         self.ok_with_stdin(args, None)
     }
 
-    fn ok_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+    pub fn ok_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
         let out = self.run(args, stdin);
         assert!(
             out.status.success(),
@@ -137,8 +141,12 @@ impl<'a> Kubectl<'a> {
     }
 
     /// Runs and requires failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args, None);
+    pub fn fails(&self, args: &[&str]) -> String {
+        self.fails_with_stdin(args, &[])
+    }
+
+    pub fn fails_with_stdin(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, Some(stdin));
         assert!(
             !out.status.success(),
             "kubectl {args:?} should fail:\n{}",
@@ -196,7 +204,7 @@ fn manage_objects(bin: PathBuf) {
     std::fs::write(&manifests, MANIFESTS).expect("write manifests");
     let manifests = manifests.to_str().expect("a UTF-8 path");
 
-    let created = k.ok(&["create", "--validate=false", "-f", manifests]);
+    let created = k.ok(&["create", "-f", manifests]);
     assert!(created.contains("deployment.apps/web created"), "{created}");
     for (resource, name) in [
         ("configmaps", "settings"),
@@ -209,7 +217,13 @@ fn manage_objects(bin: PathBuf) {
             sim.dump()
         );
     }
-    let again = k.fails(&["create", "--validate=false", "-f", manifests]);
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndatta: {a: b}\n";
+    let strict = k.fails_with_stdin(&["create", "-f", "-"], typo.as_bytes());
+    assert!(
+        strict.contains("strict decoding error: unknown field \"datta\""),
+        "{strict}"
+    );
+    let again = k.fails(&["create", "-f", manifests]);
     assert!(
         again.contains("Error from server (AlreadyExists)")
             && again.contains("configmaps \"settings\" already exists"),
@@ -221,10 +235,7 @@ fn manage_objects(bin: PathBuf) {
         .replace("level: \"1\"", "level: \"2\"")
         .replace("web:1.0", "web:2.0")
         .replace("value: \"1\"", "value: \"2\"");
-    let applied = k.ok_with_stdin(
-        &["apply", "--validate=false", "-f", "-"],
-        Some(changed.as_bytes()),
-    );
+    let applied = k.ok_with_stdin(&["apply", "-f", "-"], Some(changed.as_bytes()));
     assert!(
         applied.contains("configmap/settings configured")
             && applied.contains("deployment.apps/web configured"),
@@ -248,10 +259,7 @@ fn manage_objects(bin: PathBuf) {
         )
     );
     assert_eq!(web["metadata"]["generation"], 2);
-    let unchanged = k.ok_with_stdin(
-        &["apply", "--validate=false", "-f", "-"],
-        Some(changed.as_bytes()),
-    );
+    let unchanged = k.ok_with_stdin(&["apply", "-f", "-"], Some(changed.as_bytes()));
     assert!(
         unchanged.contains("configmap/settings unchanged")
             && unchanged.contains("deployment.apps/web unchanged"),
@@ -386,16 +394,13 @@ fn rbac_with(bin: PathBuf) {
     let job_file = dir.path().join("job.yaml");
     std::fs::write(&job_file, job).expect("write job");
     let job_file = job_file.to_str().expect("a UTF-8 path");
-    let forbidden = agent.fails(&["create", "--validate=false", "-f", job_file]);
+    let forbidden = agent.fails(&["create", "-f", job_file]);
     assert!(forbidden.contains("Error from server (Forbidden)") && forbidden.contains(
         "jobs.batch is forbidden: User \"system:serviceaccount:ci:agent\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"ci\""),
         "{forbidden}");
 
     let rbac = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: launcher}\nrules:\n- {apiGroups: [batch], resources: [jobs], verbs: [create, get, list, watch]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: launcher}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: launcher}\nsubjects:\n- {kind: ServiceAccount, name: agent, namespace: ci}\n";
-    admin.ok_with_stdin(
-        &["apply", "--validate=false", "-f", "-"],
-        Some(rbac.as_bytes()),
-    );
+    admin.ok_with_stdin(&["apply", "-f", "-"], Some(rbac.as_bytes()));
     assert_eq!(agent.ok(&["auth", "can-i", "create", "jobs"]).trim(), "yes");
     let no_delete = agent.run(&["auth", "can-i", "delete", "jobs"], None);
     assert_eq!(
@@ -407,7 +412,7 @@ fn rbac_with(bin: PathBuf) {
     );
     let elsewhere = agent.run(&["auth", "can-i", "create", "jobs", "-n", "default"], None);
     assert_eq!(elsewhere.status.code(), Some(1));
-    agent.ok(&["create", "--validate=false", "-f", job_file]);
+    agent.ok(&["create", "-f", job_file]);
     assert!(sim.get("jobs", "ci", "j").is_some());
 
     let leaf = sim.client_cert("ops", &["ops-team"]);
@@ -426,10 +431,7 @@ fn rbac_with(bin: PathBuf) {
         Some(1)
     );
     let binding = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: ops-view}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view-namespaces}\nsubjects:\n- {kind: Group, name: ops-team}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: view-namespaces}\nrules:\n- {apiGroups: [\"\"], resources: [namespaces], verbs: [get, list]}\n";
-    admin.ok_with_stdin(
-        &["apply", "--validate=false", "-f", "-"],
-        Some(binding.as_bytes()),
-    );
+    admin.ok_with_stdin(&["apply", "-f", "-"], Some(binding.as_bytes()));
     assert_eq!(
         ops.ok(&["auth", "can-i", "list", "namespaces"]).trim(),
         "yes"
@@ -455,228 +457,4 @@ fn kubectl_1_32_auth_can_i_with_rbac() {
 #[test]
 fn kubectl_1_37_auth_can_i_with_rbac() {
     rbac_with(kubectl_1_37());
-}
-
-/// A small chart like ours: CRD in `crds/`, controller Deployment, RBAC, PDB, NetworkPolicy and the
-/// AgentTaskTemplate custom resource.
-fn write_chart(dir: &Path) -> PathBuf {
-    let chart = dir.join("agent-job");
-    for (path, text) in [
-        (
-            "Chart.yaml",
-            "apiVersion: v2\nname: agent-job\nversion: 0.1.0\nappVersion: \"0.1.0\"\n",
-        ),
-        ("values.yaml", "image: scalr/agent:0.1.0\nreplicaCount: 2\n"),
-        (
-            "crds/agenttasktemplates.yaml",
-            r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: agenttasktemplates.scalr.io
-spec:
-  group: scalr.io
-  scope: Namespaced
-  names: {plural: agenttasktemplates, singular: agenttasktemplate, kind: AgentTaskTemplate, shortNames: [att]}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#,
-        ),
-        (
-            "templates/rbac.yaml",
-            r#"apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: {{ .Release.Name }}
-  labels: {app.kubernetes.io/instance: {{ .Release.Name }}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: {{ .Release.Name }}}
-rules:
-- {apiGroups: [batch], resources: [jobs], verbs: [create, get, list, watch, delete]}
-- {apiGroups: [""], resources: [secrets], verbs: [create, delete]}
-- {apiGroups: [scalr.io], resources: [agenttasktemplates], verbs: [get]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: {{ .Release.Name }}}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: {{ .Release.Name }}}
-subjects:
-- {kind: ServiceAccount, name: {{ .Release.Name }}, namespace: {{ .Release.Namespace }}}
-"#,
-        ),
-        (
-            "templates/controller.yaml",
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {{ .Release.Name }}
-  labels: {app.kubernetes.io/instance: {{ .Release.Name }}}
-spec:
-  replicas: {{ .Values.replicaCount }}
-  selector:
-    matchLabels: {app.kubernetes.io/instance: {{ .Release.Name }}}
-  template:
-    metadata:
-      labels: {app.kubernetes.io/instance: {{ .Release.Name }}}
-    spec:
-      serviceAccountName: {{ .Release.Name }}
-      containers:
-      - name: controller
-        image: {{ .Values.image }}
-        args: [controller]
----
-apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {name: {{ .Release.Name }}}
-spec:
-  minAvailable: 1
-  selector: {matchLabels: {app.kubernetes.io/instance: {{ .Release.Name }}}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: {{ .Release.Name }}-tasks}
-spec:
-  podSelector: {matchLabels: {app.kubernetes.io/component: task}}
-  policyTypes: [Ingress]
----
-apiVersion: scalr.io/v1
-kind: AgentTaskTemplate
-metadata: {name: {{ .Release.Name }}-task}
-spec:
-  basename: {{ .Release.Name }}
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: Never
-          automountServiceAccountToken: false
-          containers: [{name: worker, image: {{ .Values.image }}}]
-"#,
-        ),
-    ] {
-        let p = chart.join(path);
-        std::fs::create_dir_all(p.parent().expect("a parent")).expect("chart dir");
-        std::fs::write(p, text).expect("write chart file");
-    }
-    chart
-}
-
-#[test]
-fn helm_template_output_applies_with_kubectl() {
-    let sim = KubeSim::start(KubeSimOptions {
-        namespaces: vec!["agents".into()],
-        ..KubeSimOptions::default()
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let chart = write_chart(dir.path());
-    let helm_home = dir.path().join("helm-home");
-    let rendered = Command::new(tools_bin().join("helm"))
-        .args([
-            "template",
-            "pool",
-            chart.to_str().expect("a UTF-8 path"),
-            "--namespace",
-            "agents",
-        ])
-        .env("HOME", &helm_home)
-        .env("HELM_CONFIG_HOME", helm_home.join("config"))
-        .env("HELM_CACHE_HOME", helm_home.join("cache"))
-        .env("HELM_DATA_HOME", helm_home.join("data"))
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("run helm template");
-    assert!(
-        rendered.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-
-    for bin in [kubectl_1_37(), machine_kubectl_1_32()] {
-        let admin = Kubectl::new(
-            &bin,
-            &sim,
-            dir.path(),
-            "admin",
-            &Credential::Token(sim.admin_token().into()),
-            "agents",
-        );
-        let crds = admin.ok(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            chart.join("crds").to_str().expect("a UTF-8 path"),
-        ]);
-        assert!(
-            crds.contains(
-                "customresourcedefinition.apiextensions.k8s.io/agenttasktemplates.scalr.io"
-            ),
-            "{crds}"
-        );
-        let applied = admin.ok_with_stdin(
-            &["apply", "--validate=false", "-f", "-"],
-            Some(&rendered.stdout),
-        );
-        for line in [
-            "serviceaccount/pool",
-            "role.rbac.authorization.k8s.io/pool",
-            "rolebinding.rbac.authorization.k8s.io/pool",
-            "deployment.apps/pool",
-            "poddisruptionbudget.policy/pool",
-            "networkpolicy.networking.k8s.io/pool-tasks",
-            "agenttasktemplate.scalr.io/pool-task",
-        ] {
-            assert!(applied.contains(line), "{line} not applied:\n{applied}");
-        }
-    }
-    let template = sim
-        .get("agenttasktemplates", "agents", "pool-task")
-        .expect("the template custom resource");
-    assert_eq!(template["spec"]["basename"], "pool");
-    assert_eq!(
-        sim.get("deployments", "agents", "pool")
-            .expect("controller")["spec"]["replicas"],
-        2
-    );
-    let listed = Kubectl::new(
-        &kubectl_1_37(),
-        &sim,
-        dir.path(),
-        "admin",
-        &Credential::Token(sim.admin_token().into()),
-        "agents",
-    );
-    assert!(
-        listed.ok(&["get", "att"]).contains("pool-task"),
-        "the CRD's short name resolves"
-    );
-
-    sim.enable_rbac();
-    let token = sim.add_service_account_token("agents", "pool");
-    let controller = Kubectl::new(
-        &kubectl_1_37(),
-        &sim,
-        dir.path(),
-        "controller",
-        &Credential::Token(token),
-        "agents",
-    );
-    for (verb, resource, want) in [
-        ("create", "jobs", "yes"),
-        ("delete", "secrets", "yes"),
-        ("get", "agenttasktemplates", "yes"),
-        ("get", "pods", "no"),
-        ("create", "deployments", "no"),
-    ] {
-        let out = controller.run(&["auth", "can-i", verb, resource], None);
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            want,
-            "can-i {verb} {resource}"
-        );
-    }
 }
