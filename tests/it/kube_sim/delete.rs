@@ -165,3 +165,37 @@ fn deleting_a_namespace_empties_it_first() {
         sim.dump()
     );
 }
+
+#[test]
+fn graceful_pod_deletion_waits_for_the_kubelets_final_delete() {
+    let sim = KubeSim::start(KubeSimOptions {
+        graceful_pod_deletion: true,
+        ..KubeSimOptions::default()
+    });
+    let api = Api::admin(&sim);
+    let mut scheduled = pod("running", json!({}));
+    scheduled["spec"]["nodeName"] = json!("node-1");
+    api.post(PODS, &scheduled);
+    api.post(PODS, &pod("pending", json!({})));
+    let (code, terminating) = api.delete(&format!("{PODS}/running"), None);
+    assert_eq!(code, 200);
+    assert!(terminating["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(
+        sim.get("pods", "default", "running").is_some(),
+        "a scheduled pod waits for its kubelet"
+    );
+    let (code, gone) = api.delete(&format!("{PODS}/pending"), None);
+    assert_eq!(
+        (code, gone["kind"].as_str()),
+        (200, Some("Pod")),
+        "pods answer with the deleted object"
+    );
+    assert!(
+        sim.get("pods", "default", "pending").is_none(),
+        "an unscheduled pod goes at once"
+    );
+    let (code, _) = api.delete(&format!("{PODS}/running?gracePeriodSeconds=0"), None);
+    assert_eq!(code, 200);
+    assert!(sim.get("pods", "default", "running").is_none());
+}

@@ -197,10 +197,8 @@ fn remove_finalizer(st: &mut State, key: &ObjKey, obj: &Value, finalizer: &str) 
         .collect();
     let empty = fins.is_empty();
     obj["metadata"]["finalizers"] = json!(fins);
-    if empty {
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("finalizers");
-        }
+    if empty && let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("finalizers");
     }
     st.write_update(key.clone(), obj);
     let namespace_held = key.0 == "namespaces";

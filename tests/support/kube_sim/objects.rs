@@ -253,11 +253,10 @@ pub fn prepare_update(
 ) -> Result<Updated, ApiError> {
     let name = old["metadata"]["name"].as_str().unwrap_or("").to_string();
     match new["metadata"]["resourceVersion"].as_str() {
-        Some(rv) if !rv.is_empty() => {
-            if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
-                return Err(status::conflict(&rt.group, &rt.plural, &name));
-            }
+        Some(rv) if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
+            return Err(status::conflict(&rt.group, &rt.plural, &name));
         }
+        Some(rv) if !rv.is_empty() => {}
         _ if !rt.unconditional_update => {
             return Err(status::invalid(
                 &rt.group,

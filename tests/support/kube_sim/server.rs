@@ -179,7 +179,7 @@ pub fn handle(shared: &Arc<Shared>, req: &HttpRequest, out: &mut Responder<'_>) 
         match &route {
             Route::Version => Some(discovery::version(&shared.options.server_version)),
             Route::CoreVersions => Some(discovery::core_versions(
-                &req.header("host").unwrap_or("127.0.0.1").to_string(),
+                req.header("host").unwrap_or("127.0.0.1"),
             )),
             Route::Groups => Some(discovery::groups(&st.registry)),
             Route::Group(g) => discovery::group(&st.registry, g),
