@@ -6,6 +6,8 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+mod kube_sim;
+mod kubectl;
 mod platform;
 mod render;
 mod runner;

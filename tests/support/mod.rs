@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http_server;
+pub mod kube_sim;
 pub mod pki;
 pub mod platform_sim;
 pub mod proxy;
