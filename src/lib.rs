@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod http;
+pub mod kube;
 pub mod logging;
 pub mod secret;
 pub mod shutdown;

@@ -123,13 +123,20 @@ mod tests {
     #[test]
     fn plain_line_has_time_level_logger_message_and_context() {
         let line = render(LogFormat::Plain, "task acquired", &[("task_id", "t-1")]);
-        assert!(line.ends_with(" INFO  scalr_agent::unit: task acquired task_id=t-1\n"), "{line}");
+        assert!(
+            line.ends_with(" INFO  scalr_agent::unit: task acquired task_id=t-1\n"),
+            "{line}"
+        );
         assert!(line.starts_with("20"), "{line}");
     }
 
     #[test]
     fn json_line_is_one_object_with_fields() {
-        let line = render(LogFormat::Json, "hello \"world\"", &[("job", "j-1"), ("level", "x")]);
+        let line = render(
+            LogFormat::Json,
+            "hello \"world\"",
+            &[("job", "j-1"), ("level", "x")],
+        );
         assert_eq!(line.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid json");
         assert_eq!(v["level"], "INFO");

@@ -16,7 +16,10 @@ pub type ThreadResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 #[derive(Debug)]
 pub enum ThreadError {
     /// The OS refused to create the thread.
-    Spawn { name: String, source: std::io::Error },
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
     /// The body returned an error.
     Failed { name: String, message: String },
     /// The body panicked.
@@ -163,7 +166,10 @@ mod tests {
             .expect("spawn");
         match threads.join_all() {
             Err(ThreadError::Panicked { name, message }) => {
-                assert_eq!((name.as_str(), message.as_str()), ("boom", "invariant broken"));
+                assert_eq!(
+                    (name.as_str(), message.as_str()),
+                    ("boom", "invariant broken")
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 pub use proxy::{NoProxy, ProxySettings, Route};
 pub use retry::{Backoff, RetryPolicy, Retryable, Verdict};
-pub use tls::{CaSource, ClientIdentity, TlsError};
+pub use tls::{CaSource, ClientIdentity, ClientIdentityPem, TlsError};
 
 /// Default time to establish a connection, TLS included.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +38,9 @@ pub struct HttpOptions {
     pub ca: Option<CaSource>,
     /// Presented when the server asks for a client certificate.
     pub client_identity: Option<ClientIdentity>,
+    /// A client certificate given as PEM bytes (kubeconfig `*-data`); exclusive with
+    /// `client_identity`.
+    pub client_identity_pem: Option<ClientIdentityPem>,
     /// Skips server verification (kubeconfig `insecure-skip-tls-verify` only).
     pub insecure_skip_verify: bool,
     /// Proxies and exceptions.
@@ -52,6 +55,7 @@ impl Default for HttpOptions {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             ca: None,
             client_identity: None,
+            client_identity_pem: None,
             insecure_skip_verify: false,
             proxy: ProxySettings::default(),
         }
@@ -280,20 +284,30 @@ impl HttpClient {
     /// Builds the client; fails when TLS material or a proxy URL is unusable.
     pub fn new(options: &HttpOptions) -> Result<Self, HttpError> {
         let roots = match &options.ca {
-            Some(ca) => ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca.load().map_err(
-                |e| HttpError::Setup {
-                    what: "CA bundle".into(),
-                    detail: e.to_string(),
-                },
-            )?)),
+            Some(ca) => {
+                ureq::tls::RootCerts::Specific(std::sync::Arc::new(ca.load().map_err(|e| {
+                    HttpError::Setup {
+                        what: "CA bundle".into(),
+                        detail: e.to_string(),
+                    }
+                })?))
+            }
             None => ureq::tls::RootCerts::WebPki,
         };
-        let client_cert = match &options.client_identity {
-            Some(identity) => Some(identity.load().map_err(|e| HttpError::Setup {
-                what: "client certificate".into(),
-                detail: e.to_string(),
-            })?),
-            None => None,
+        let cert_error = |e: TlsError| HttpError::Setup {
+            what: "client certificate".into(),
+            detail: e.to_string(),
+        };
+        let client_cert = match (&options.client_identity, &options.client_identity_pem) {
+            (Some(_), Some(_)) => {
+                return Err(HttpError::Setup {
+                    what: "client certificate".into(),
+                    detail: "given both as files and as PEM data; give one".into(),
+                });
+            }
+            (Some(identity), None) => Some(identity.load().map_err(cert_error)?),
+            (None, Some(identity)) => Some(identity.load().map_err(cert_error)?),
+            (None, None) => None,
         };
         let tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)
@@ -323,7 +337,12 @@ impl HttpClient {
         };
         Ok(HttpClient {
             direct: build(None)?,
-            via_http_proxy: options.proxy.http.as_deref().map(|p| build(Some(p))).transpose()?,
+            via_http_proxy: options
+                .proxy
+                .http
+                .as_deref()
+                .map(|p| build(Some(p)))
+                .transpose()?,
             via_https_proxy: options
                 .proxy
                 .https
@@ -420,8 +439,7 @@ impl HttpClient {
                     .run()
             }
         };
-        let response =
-            result.map_err(|e| transport_error(&request.method, &request.url, e))?;
+        let response = result.map_err(|e| transport_error(&request.method, &request.url, e))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -443,9 +461,9 @@ fn transport_error(method: &str, url: &str, error: ureq::Error) -> HttpError {
     let kind = match &error {
         ureq::Error::Timeout(_) => TransportKind::Timeout,
         ureq::Error::Tls(_) => TransportKind::Tls,
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::ConnectProxyFailed(_) => {
-            TransportKind::Connect
-        }
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::ConnectProxyFailed(_) => TransportKind::Connect,
         ureq::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
                 TransportKind::Connect
@@ -495,7 +513,10 @@ mod tests {
 
     #[test]
     fn proxy_credentials_are_hidden_in_messages() {
-        assert_eq!(redact_userinfo("http://u:p@proxy:3128"), "http://***@proxy:3128");
+        assert_eq!(
+            redact_userinfo("http://u:p@proxy:3128"),
+            "http://***@proxy:3128"
+        );
         assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
     }
 }

@@ -186,12 +186,20 @@ mod tests {
             ("notscalr.io", "https://scalr.io/", Route::HttpsProxy),
             ("10.0.0.1", "https://10.0.0.1:6443/api", Route::Direct),
             ("kubernetes:6443", "https://kubernetes:6443/", Route::Direct),
-            ("kubernetes:6443", "https://kubernetes:443/", Route::HttpsProxy),
+            (
+                "kubernetes:6443",
+                "https://kubernetes:443/",
+                Route::HttpsProxy,
+            ),
             ("[::1]", "https://[::1]:8443/x", Route::Direct),
             (" , localhost ,", "http://LOCALHOST:80/", Route::Direct),
         ];
         for (no_proxy, url, want) in cases {
-            assert_eq!(settings(no_proxy).route(url), want, "NO_PROXY={no_proxy:?} {url}");
+            assert_eq!(
+                settings(no_proxy).route(url),
+                want,
+                "NO_PROXY={no_proxy:?} {url}"
+            );
         }
         assert_eq!(ProxySettings::default().route("https://x/"), Route::Direct);
     }

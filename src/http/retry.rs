@@ -89,7 +89,11 @@ impl Backoff {
     /// The delay before the next attempt after a failure, or `None` when attempts or time are spent.
     /// Full jitter: uniform in `[0, min(max_delay, initial * 2^n)]`; a server's `Retry-After` is a floor
     /// (not capped: when it reaches past `max_elapsed` the operation gives up instead).
-    pub fn next_delay(&mut self, elapsed: Duration, retry_after: Option<Duration>) -> Option<Duration> {
+    pub fn next_delay(
+        &mut self,
+        elapsed: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
         self.attempt += 1;
         if self.attempt >= self.policy.max_attempts || elapsed >= self.policy.max_elapsed {
             return None;
@@ -211,7 +215,11 @@ mod tests {
                 let window = Duration::from_millis(100 * (1u64 << n)).min(Duration::from_secs(1));
                 assert!(d <= window, "attempt {n}: {d:?} > {window:?}");
             }
-            assert_eq!(b.next_delay(Duration::ZERO, None), None, "10th attempt is the last");
+            assert_eq!(
+                b.next_delay(Duration::ZERO, None),
+                None,
+                "10th attempt is the last"
+            );
         }
     }
 
@@ -228,14 +236,20 @@ mod tests {
             b.next_delay(Duration::ZERO, Some(Duration::from_secs(3))),
             Some(Duration::from_secs(3))
         );
-        assert_eq!(b.next_delay(Duration::from_secs(8), Some(Duration::from_secs(3))), None);
+        assert_eq!(
+            b.next_delay(Duration::from_secs(8), Some(Duration::from_secs(3))),
+            None
+        );
         assert_eq!(b.next_delay(Duration::from_secs(10), None), None);
     }
 
     #[test]
     fn parses_retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
             Some(Duration::from_secs(10))
@@ -284,7 +298,11 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(calls, 4);
         let r = retry(RetryPolicy::fast(4), None, "t", |n| {
-            if n < 3 { Err(E(Verdict::Retry { after: None })) } else { Ok(n) }
+            if n < 3 {
+                Err(E(Verdict::Retry { after: None }))
+            } else {
+                Ok(n)
+            }
         });
         assert_eq!(r.ok(), Some(3));
     }
