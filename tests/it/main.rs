@@ -4,3 +4,5 @@
 mod support;
 
 mod http;
+mod kube_sim;
+mod kubectl;

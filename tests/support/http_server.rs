@@ -180,7 +180,11 @@ impl<'a> Responder<'a> {
     /// Sends a whole response.
     pub fn respond(&mut self, response: HttpResponse) -> io::Result<()> {
         self.done = true;
-        let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        );
         for (k, v) in &response.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -310,6 +314,21 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
         Ok(p) => p,
         Err(_) => return,
     };
+    // The accept loop keeps a clone of every stream (for `drop_all_connections`), so dropping ours
+    // would not close the socket: shut it down when serving ends (a dropped call, a cut watch).
+    let closer = stream.try_clone();
+    serve_stream(stream, peer, tls, &handler);
+    if let Ok(c) = closer {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: &Handler,
+) {
     match tls {
         None => {
             let Ok(read_half) = stream.try_clone() else {
@@ -317,7 +336,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             };
             let mut reader = BufReader::new(read_half);
             let mut writer = stream;
-            serve_requests(&mut reader, &mut writer, peer, None, &handler);
+            serve_requests(&mut reader, &mut writer, peer, None, handler);
         }
         Some(config) => {
             let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -326,11 +345,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let mut tls_stream = rustls::StreamOwned::new(conn, stream);
             // Complete the handshake to learn the client certificate.
             while tls_stream.conn.is_handshaking() {
-                if tls_stream
-                    .conn
-                    .complete_io(&mut tls_stream.sock)
-                    .is_err()
-                {
+                if tls_stream.conn.complete_io(&mut tls_stream.sock).is_err() {
                     return;
                 }
             }
@@ -342,7 +357,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let shared = SharedTls(Arc::new(Mutex::new(tls_stream)));
             let mut reader = BufReader::new(shared.clone());
             let mut writer = shared;
-            serve_requests(&mut reader, &mut writer, peer, client_cert, &handler);
+            serve_requests(&mut reader, &mut writer, peer, client_cert, handler);
         }
     }
 }
@@ -397,7 +412,11 @@ fn serve_requests(
         };
         handler(&request, &mut responder);
         if !responder.done {
-            let _ = responder.respond(HttpResponse::new(500, "text/plain", "handler did not answer"));
+            let _ = responder.respond(HttpResponse::new(
+                500,
+                "text/plain",
+                "handler did not answer",
+            ));
         }
         if responder.close || wants_close {
             return;
