@@ -4,7 +4,7 @@
 //! Resolved once at start-up on the calling thread into a [`KubeConfig`]; the only state that changes
 //! afterwards is the service-account token, which [`TokenFile`] re-reads as it rotates.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::http::{CaSource, ClientIdentity, ClientIdentityPem, HttpOptions, ProxySettings};
 use crate::secret::Secret;
@@ -379,6 +379,7 @@ pub(crate) fn validate_server(server: &str, what: &str) -> Result<String, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn service_account(dir: &Path, namespace: Option<&str>) {
         std::fs::write(dir.join("token"), "sa-token-unit-1234567890\n").expect("token");

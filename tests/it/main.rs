@@ -4,5 +4,6 @@
 mod support;
 
 mod http;
+mod kube_client;
 mod kube_sim;
 mod kubectl;
