@@ -9,6 +9,7 @@ pub mod controller;
 pub mod http;
 pub mod install;
 pub mod ipc;
+pub mod kube;
 pub mod logging;
 pub mod model;
 pub mod permissions;

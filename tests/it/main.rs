@@ -6,6 +6,7 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+mod kube_client;
 mod kube_sim;
 mod kubectl;
 mod platform;
