@@ -5,7 +5,7 @@
 //! NetworkPolicy and CA bundles; `rbac` that the Role equals `scalr_agent::permissions`; `values` on
 //! what users may pass (schema, lint, secrets, NOTES); `readme` that every command of the chart's
 //! README renders and does what it says, and that README.md is current. Applying the rendered objects
-//! to the Kubernetes API simulator with real kubectl lives with the simulator's tests.
+//! to the Kubernetes API simulator with real kubectl is `kubectl::chart`.
 
 mod policies;
 mod rbac;

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::support::kube_sim::{Credential, KubeSim, KubeSimOptions};
 
+mod chart;
 mod helm;
 
 const WAIT: Duration = Duration::from_secs(30);
