@@ -9,4 +9,5 @@ mod http;
 mod platform;
 mod render;
 mod runner;
+mod worker;
 mod worker_parts;
