@@ -66,9 +66,7 @@ pub struct Escalation {
 impl Escalation {
     /// A quiet escalation for a grace period of `grace`.
     pub fn new(grace: Duration) -> Self {
-        let reserve = (grace / 10)
-            .clamp(MIN_RESERVE, MAX_RESERVE)
-            .min(grace / 2);
+        let reserve = (grace / 10).clamp(MIN_RESERVE, MAX_RESERVE).min(grace / 2);
         Escalation {
             grace,
             reserve,
@@ -102,7 +100,10 @@ impl Escalation {
                 (now + kill_after, libc::SIGKILL),
             ];
         }
-        if matches!(trigger, Trigger::Cancel(CancelMode::Force) | Trigger::Abandon) {
+        if matches!(
+            trigger,
+            Trigger::Cancel(CancelMode::Force) | Trigger::Abandon
+        ) {
             for (at, signal) in &mut self.schedule {
                 match *signal {
                     libc::SIGTERM => *at = (*at).min(now),
@@ -173,7 +174,10 @@ mod tests {
         assert_eq!(e.reserve(), secs(30));
         assert_eq!(e.cause(), None);
         assert_eq!(e.next_wake(), None);
-        assert_eq!(e.trigger(Trigger::Cancel(CancelMode::Graceful), t0), [SIGINT]);
+        assert_eq!(
+            e.trigger(Trigger::Cancel(CancelMode::Graceful), t0),
+            [SIGINT]
+        );
         assert_eq!(e.cause(), Some(StopCause::Canceled(CancelMode::Graceful)));
         assert_eq!(e.next_wake(), Some(t0 + secs(135)));
         assert!(e.tick(t0 + secs(134)).is_empty());

@@ -46,11 +46,17 @@ fn signal_name(signal: i32) -> &'static str {
 impl Inner {
     fn send(&self, signals: Vec<i32>) {
         for signal in signals {
-            log::info!("stopping the running command: sending {}", signal_name(signal));
+            log::info!(
+                "stopping the running command: sending {}",
+                signal_name(signal)
+            );
             if let Some(signaller) = &self.signaller
                 && let Err(e) = signaller.signal(signal)
             {
-                log::warn!("could not forward {} to exec-loop: {e}", signal_name(signal));
+                log::warn!(
+                    "could not forward {} to exec-loop: {e}",
+                    signal_name(signal)
+                );
             }
         }
     }

@@ -204,7 +204,7 @@ pub fn soft_limit_line(usage: u64, limit: u64) -> String {
 
 /// The run-log warning when a command's peak memory came close to the soft limit.
 pub fn memory_warning_line(peak: u64, limit: u64) -> String {
-    let percent = if limit == 0 { 0 } else { peak * 100 / limit };
+    let percent = (peak * 100).checked_div(limit).unwrap_or(0);
     format!(
         "Warning: the runner's memory use peaked at {} MiB of its {} MiB limit ({percent}%), close \
          to the soft limit at which terraform is stopped. Give the runner container more memory \
@@ -244,6 +244,9 @@ mod tests {
         let line = soft_limit_line(820 << 20, 1024 << 20);
         assert!(line.contains("820 MiB used of a 1024 MiB limit"), "{line}");
         let warn = memory_warning_line(750 << 20, 1000 << 20);
-        assert!(warn.contains("750 MiB of its 1000 MiB limit (75%)"), "{warn}");
+        assert!(
+            warn.contains("750 MiB of its 1000 MiB limit (75%)"),
+            "{warn}"
+        );
     }
 }

@@ -267,7 +267,12 @@ mod tests {
         assert!(out.is_empty(), "not stale yet");
         asm.flush_stale(t + ms(600), ms(500), &mut out);
         assert_eq!(drain(&mut out, t), "Enter a value: ");
-        asm.push(Stream::Stdout, b"-s3cret-log-value\n", t + ms(700), &mut out);
+        asm.push(
+            Stream::Stdout,
+            b"-s3cret-log-value\n",
+            t + ms(700),
+            &mut out,
+        );
         assert_eq!(drain(&mut out, t), "***\n");
     }
 

@@ -122,7 +122,10 @@ impl TaskIdentity {
     pub fn read_token(&self) -> Result<Secret, String> {
         match std::fs::read_to_string(&self.token_file) {
             Ok(text) if !text.trim().is_empty() => Ok(Secret::new(text.trim())),
-            Ok(_) => Err(format!("the task token file {} is empty", self.token_file.display())),
+            Ok(_) => Err(format!(
+                "the task token file {} is empty",
+                self.token_file.display()
+            )),
             Err(e) => Err(format!(
                 "cannot read the task token file {}: {e}; is the credentials Secret mounted?",
                 self.token_file.display()
@@ -172,7 +175,9 @@ pub fn run(args: &WorkerArgs, settings: &Settings) -> u8 {
     }
     let done = Shutdown::new();
     let platform = match PlatformClient::new(&url, &settings.http_options()) {
-        Ok(client) => client.with_retry(worker_retry()).with_shutdown(done.clone()),
+        Ok(client) => client
+            .with_retry(worker_retry())
+            .with_shutdown(done.clone()),
         Err(e) => {
             log::error!("{e}");
             return EXIT_SETUP;
@@ -185,7 +190,16 @@ pub fn run(args: &WorkerArgs, settings: &Settings) -> u8 {
         identity.stage.as_deref().unwrap_or("?"),
         identity.attempt.as_deref().unwrap_or("?")
     );
-    let code = run_task(args, settings, &identity, &url, platform, token, sigterm, done.clone());
+    let code = run_task(
+        args,
+        settings,
+        &identity,
+        &url,
+        platform,
+        token,
+        sigterm,
+        done.clone(),
+    );
     done.trigger(Reason::Requested);
     code
 }
@@ -230,9 +244,16 @@ fn run_task(
     if let Err(e) = std::fs::create_dir_all(&markers)
         .and_then(|()| crate::probe::touch_marker(&markers.join("started")))
     {
-        log::warn!("cannot write the started marker in {}: {e}", markers.display());
+        log::warn!(
+            "cannot write the started marker in {}: {e}",
+            markers.display()
+        );
     }
-    log::info!("task started: {} stage of run {}", spec.stage.as_str(), spec.run.id);
+    log::info!(
+        "task started: {} stage of run {}",
+        spec.stage.as_str(),
+        spec.run.id
+    );
 
     let control = control::StopControl::new(settings.grace_shutdown);
     if let Some(mode) = spec.cancel_requested {
@@ -244,7 +265,12 @@ fn run_task(
             secrets.push(secret.clone());
         }
     }
-    secrets.extend(settings.network_mirrors.iter().filter_map(|m| m.token.clone()));
+    secrets.extend(
+        settings
+            .network_mirrors
+            .iter()
+            .filter_map(|m| m.token.clone()),
+    );
     let masker = mask::Masker::new(&secrets);
 
     let mut threads = Threads::new(done.clone());
@@ -292,9 +318,10 @@ fn run_task(
         &spec.workspace.working_directory,
     ) {
         Ok(paths) => {
-            let socket = args.socket.clone().unwrap_or_else(|| {
-                settings.data_dir.join(crate::runner::settings::SOCKET_FILE)
-            });
+            let socket = args
+                .socket
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join(crate::runner::settings::SOCKET_FILE));
             task_run::run_stage(&task_run::StageContext {
                 task: &task,
                 spec: &spec,
@@ -369,7 +396,10 @@ mod tests {
         ]))
         .expect("identity");
         assert_eq!(id.task_id, "task-1");
-        assert_eq!(id.token_file, PathBuf::from("/var/run/secrets/scalr-agent/task-token"));
+        assert_eq!(
+            id.token_file,
+            PathBuf::from("/var/run/secrets/scalr-agent/task-token")
+        );
         assert_eq!(id.run_id.as_deref(), Some("run-1"));
         let id = TaskIdentity::from_env(env(&[
             ("SCALR_AGENT_TASK_ID", "task-1"),
@@ -391,12 +421,19 @@ mod tests {
             stage: None,
             attempt: None,
         };
-        assert!(id.read_token().expect_err("missing").contains("Secret mounted"));
+        assert!(
+            id.read_token()
+                .expect_err("missing")
+                .contains("Secret mounted")
+        );
         std::fs::write(dir.path().join("empty"), "\n").expect("write");
         id.token_file = dir.path().join("empty");
         assert!(id.read_token().expect_err("empty").contains("empty"));
         std::fs::write(dir.path().join("tok"), "task-token-for-unit-test\n").expect("write");
         id.token_file = dir.path().join("tok");
-        assert_eq!(id.read_token().expect("token").expose(), "task-token-for-unit-test");
+        assert_eq!(
+            id.read_token().expect("token").expose(),
+            "task-token-for-unit-test"
+        );
     }
 }

@@ -91,7 +91,10 @@ pub enum ProvisionError {
         source: Box<PlatformError>,
     },
     Extract(ArchiveError),
-    WorkingDirectory { dir: String, problem: &'static str },
+    WorkingDirectory {
+        dir: String,
+        problem: &'static str,
+    },
     NoToolForPlatform {
         tool: String,
         version: String,
@@ -203,7 +206,12 @@ pub fn provision(
     paths: &RunPaths,
     note: &mut dyn FnMut(String),
 ) -> Result<Provisioned, ProvisionError> {
-    for dir in [&paths.root, &paths.scalr_dir, &paths.plugin_cache, &paths.downloads] {
+    for dir in [
+        &paths.root,
+        &paths.scalr_dir,
+        &paths.plugin_cache,
+        &paths.downloads,
+    ] {
         make_dir(dir)?;
     }
     let download = |what: &str, d: &crate::platform::Download, dest: &Path| {
@@ -319,7 +327,10 @@ pub fn provision(
             .find(|a| a.kind == ArtefactKind::PlanFile)
             .ok_or(ProvisionError::NoPlanFile)?;
         download("the plan file", &plan.download, &paths.plan_file)?;
-        note(format!("Plan file of the plan stage: {} bytes", plan.download.size));
+        note(format!(
+            "Plan file of the plan stage: {} bytes",
+            plan.download.size
+        ));
     }
     let mirror_tokens = match placement {
         TokenPlacement::Env => tf_config::mirror_token_env(&settings.network_mirrors),
@@ -340,14 +351,19 @@ mod tests {
     fn working_directory_stays_inside() {
         let data = Path::new("/data");
         let paths = RunPaths::new(data, "task-1", "stacks/net/").expect("valid");
-        assert_eq!(paths.working_dir, Path::new("/data/runs/task-1/config/stacks/net"));
+        assert_eq!(
+            paths.working_dir,
+            Path::new("/data/runs/task-1/config/stacks/net")
+        );
         assert_eq!(paths.content_root, Path::new("/data/runs/task-1/config"));
         assert_eq!(
             RunPaths::new(data, "task-1", "").expect("root").working_dir,
             paths.content_root
         );
         assert_eq!(
-            RunPaths::new(data, "task-1", "/abs").expect("leading slash trimmed").working_dir,
+            RunPaths::new(data, "task-1", "/abs")
+                .expect("leading slash trimmed")
+                .working_dir,
             Path::new("/data/runs/task-1/config/abs")
         );
         for bad in ["../x", "a/../../b", "a/.."] {

@@ -140,7 +140,10 @@ impl RunEnv {
             ("SCALR_WORKSPACE_ID".into(), spec.workspace.id.clone()),
             ("SCALR_WORKSPACE_NAME".into(), spec.workspace.name.clone()),
             ("SCALR_ENVIRONMENT_ID".into(), spec.environment.id.clone()),
-            ("SCALR_ENVIRONMENT_NAME".into(), spec.environment.name.clone()),
+            (
+                "SCALR_ENVIRONMENT_NAME".into(),
+                spec.environment.name.clone(),
+            ),
             ("SCALR_RUN_CONTENT_ROOT".into(), path(ctx.content_root)),
             ("SCALR_TOKEN".into(), spec.run_token.expose().to_string()),
         ];
@@ -270,7 +273,10 @@ mod tests {
 
     #[test]
     fn variables_then_carried_then_the_agents_own() {
-        let mirror = [("TF_TOKEN_mirror_example".to_string(), Secret::new("mirror-tok-1234"))];
+        let mirror = [(
+            "TF_TOKEN_mirror_example".to_string(),
+            Secret::new("mirror-tok-1234"),
+        )];
         let spec = spec(vec![
             var(
                 "region",
@@ -308,9 +314,18 @@ mod tests {
             ("TF_HTTP_PASSWORD", Some("run-token-for-env-tests")),
             ("TF_IN_AUTOMATION", Some("1")),
             ("TF_INPUT", Some("0")),
-            ("TF_CLI_CONFIG_FILE", Some("/data/runs/task-1/.scalr/terraform.rc")),
-            ("TF_PLUGIN_CACHE_DIR", Some("/data/runs/task-1/.scalr/plugin-cache")),
-            ("SCALR_AGENT_ENV", Some("/data/runs/task-1/.scalr/agent.env")),
+            (
+                "TF_CLI_CONFIG_FILE",
+                Some("/data/runs/task-1/.scalr/terraform.rc"),
+            ),
+            (
+                "TF_PLUGIN_CACHE_DIR",
+                Some("/data/runs/task-1/.scalr/plugin-cache"),
+            ),
+            (
+                "SCALR_AGENT_ENV",
+                Some("/data/runs/task-1/.scalr/agent.env"),
+            ),
             ("SCALR_HOSTNAME", Some("acme.scalr.io:8443")),
             ("SCALR_RUN_ID", Some("run-1")),
             ("SCALR_TERRAFORM_OPERATION", Some("plan")),
@@ -332,7 +347,11 @@ mod tests {
         let secrets: Vec<&str> = env.secrets().iter().map(Secret::expose).collect();
         assert_eq!(
             secrets,
-            ["run-token-for-env-tests", "aws-secret-value", "mirror-tok-1234"]
+            [
+                "run-token-for-env-tests",
+                "aws-secret-value",
+                "mirror-tok-1234"
+            ]
         );
         let debug = format!("{env:?}");
         assert!(!debug.contains("aws-secret-value") && !debug.contains("run-token-for"));

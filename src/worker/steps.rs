@@ -67,11 +67,10 @@ pub struct Step {
 impl Step {
     /// Whether exit code `code` means success for this step.
     pub fn succeeded(&self, code: Option<i32>) -> bool {
-        match (self.kind, code) {
-            (StepKind::Plan, Some(0 | 2)) => true,
-            (_, Some(0)) => true,
-            _ => false,
-        }
+        matches!(
+            (self.kind, code),
+            (StepKind::Plan, Some(0 | 2)) | (_, Some(0))
+        )
     }
 }
 
@@ -105,7 +104,12 @@ fn tool_step(kind: StepKind, tool: Tool<'_>, args: Vec<String>, always: bool) ->
 }
 
 fn init(tool: Tool<'_>) -> Step {
-    tool_step(StepKind::Init, tool, vec!["init".into(), "-input=false".into()], false)
+    tool_step(
+        StepKind::Init,
+        tool,
+        vec!["init".into(), "-input=false".into()],
+        false,
+    )
 }
 
 /// The plan command's arguments for the run's flags.
@@ -197,7 +201,12 @@ mod tests {
     #[test]
     fn plan_flags_follow_the_run() {
         let plan = Path::new("/run/plan.tfplan");
-        let base = ["plan", "-input=false", "-out=/run/plan.tfplan", "-detailed-exitcode"];
+        let base = [
+            "plan",
+            "-input=false",
+            "-out=/run/plan.tfplan",
+            "-detailed-exitcode",
+        ];
         let mut destroy = run();
         destroy.is_destroy = true;
         let mut no_refresh = run();
@@ -273,7 +282,10 @@ mod tests {
                 "/run/plan.tfplan"
             ]
         );
-        assert_eq!(apply[2].header, "==> terraform apply -input=false /run/plan.tfplan");
+        assert_eq!(
+            apply[2].header,
+            "==> terraform apply -input=false /run/plan.tfplan"
+        );
         assert_eq!(apply[0].argv, ["sh", "-c", "echo init"]);
         assert_eq!(apply[0].header, "==> Running the pre-init hook");
     }

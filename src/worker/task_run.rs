@@ -133,7 +133,11 @@ pub fn run_stage(ctx: &StageContext<'_>) -> TaskResult {
     result
 }
 
-fn run_steps(ctx: &StageContext<'_>, client: &mut IpcClient, provisioned: &Provisioned) -> TaskResult {
+fn run_steps(
+    ctx: &StageContext<'_>,
+    client: &mut IpcClient,
+    provisioned: &Provisioned,
+) -> TaskResult {
     let (spec, paths) = (ctx.spec, ctx.paths);
     let env = match RunEnv::new(&RunContext {
         spec,
@@ -180,25 +184,30 @@ fn run_steps(ctx: &StageContext<'_>, client: &mut IpcClient, provisioned: &Provi
             cwd: Some(paths.working_dir.clone()),
             clear_env: false,
         };
-        let result = match exec::run_command(client, ctx.control, &command, ctx.log, ctx.masker, capture)
-        {
-            Ok(result) => result,
-            Err(ExecError::Stopped(_)) => {
-                p.interrupted = true;
-                p.stopped_at = Some(what(step, tool.name));
-                break;
-            }
-            Err(e @ ExecError::Ipc(_)) => {
-                p.failure.get_or_insert(format!("{} did not finish: {e}", what(step, tool.name)));
-                p.interrupted = true;
-                break;
-            }
-            Err(e @ ExecError::CaptureTooLarge) => {
-                p.failure.get_or_insert(format!("{}: {e}", what(step, tool.name)));
-                continue;
-            }
-        };
-        let (peak, limit) = (result.exit.peak_memory_bytes, result.exit.memory_limit_bytes);
+        let result =
+            match exec::run_command(client, ctx.control, &command, ctx.log, ctx.masker, capture) {
+                Ok(result) => result,
+                Err(ExecError::Stopped(_)) => {
+                    p.interrupted = true;
+                    p.stopped_at = Some(what(step, tool.name));
+                    break;
+                }
+                Err(e @ ExecError::Ipc(_)) => {
+                    p.failure
+                        .get_or_insert(format!("{} did not finish: {e}", what(step, tool.name)));
+                    p.interrupted = true;
+                    break;
+                }
+                Err(e @ ExecError::CaptureTooLarge) => {
+                    p.failure
+                        .get_or_insert(format!("{}: {e}", what(step, tool.name)));
+                    continue;
+                }
+            };
+        let (peak, limit) = (
+            result.exit.peak_memory_bytes,
+            result.exit.memory_limit_bytes,
+        );
         if !p.memory_warned && result.soft_limit.is_none() && memory.should_warn(peak, limit) {
             p.memory_warned = true;
             let (peak, limit) = (peak.unwrap_or(0), limit.unwrap_or(0));
@@ -227,11 +236,13 @@ fn run_steps(ctx: &StageContext<'_>, client: &mut IpcClient, provisioned: &Provi
             }
         }
     }
-    if spec.stage == Stage::Plan && p.failure.is_none() && !p.interrupted {
-        if let Err(message) = upload_artefacts(ctx, &p) {
-            ctx.log.line(format!("Error: {message}"));
-            p.failure = Some(message);
-        }
+    if spec.stage == Stage::Plan
+        && p.failure.is_none()
+        && !p.interrupted
+        && let Err(message) = upload_artefacts(ctx, &p)
+    {
+        ctx.log.line(format!("Error: {message}"));
+        p.failure = Some(message);
     }
     conclude(ctx, p)
 }
@@ -259,7 +270,10 @@ fn publish_providers(ctx: &StageContext<'_>, provisioned: &Provisioned) {
     let Some(cache) = &provisioned.provider_cache else {
         return;
     };
-    let lock_file = ctx.paths.working_dir.join(super::provider_cache::LOCK_FILE_NAME);
+    let lock_file = ctx
+        .paths
+        .working_dir
+        .join(super::provider_cache::LOCK_FILE_NAME);
     let trusted = [cache.mirror_dir().to_path_buf()];
     match cache.publish(&ctx.paths.plugin_cache, &lock_file, &trusted) {
         Ok(report) => {
@@ -299,7 +313,11 @@ fn conclude(ctx: &StageContext<'_>, p: Progress) -> TaskResult {
             let during = p.stopped_at.as_deref().unwrap_or("the run");
             return stopped(ctx, cause, &format!("during {during}"));
         }
-        return fail(ctx, p.failure.unwrap_or_else(|| "the stage did not finish".into()));
+        return fail(
+            ctx,
+            p.failure
+                .unwrap_or_else(|| "the stage did not finish".into()),
+        );
     }
     let result = match ctx.spec.stage {
         Stage::Apply => {
@@ -320,7 +338,11 @@ fn conclude(ctx: &StageContext<'_>, p: Progress) -> TaskResult {
                 }
                 None => ResourceCounts::default(),
             };
-            TaskResult::finished(has_changes, counts, &results::plan_message(has_changes, counts))
+            TaskResult::finished(
+                has_changes,
+                counts,
+                &results::plan_message(has_changes, counts),
+            )
         }
     };
     ctx.log.line(format!("==> {}", result.message));
@@ -406,13 +428,20 @@ mod tests {
             },
             Path::new("/plan"),
         );
-        let plan = steps.iter().find(|s| s.kind == StepKind::Plan).expect("plan");
+        let plan = steps
+            .iter()
+            .find(|s| s.kind == StepKind::Plan)
+            .expect("plan");
         let hook = steps
             .iter()
             .find(|s| s.kind == StepKind::Hook(Hook::PrePlan))
             .expect("hook");
         assert_eq!(
-            describe_failure(plan, "terraform", &result(Some(1), None, &["│ Error: Unsupported argument", "│"])),
+            describe_failure(
+                plan,
+                "terraform",
+                &result(Some(1), None, &["│ Error: Unsupported argument", "│"])
+            ),
             "terraform plan failed (exit code 1): Error: Unsupported argument"
         );
         assert_eq!(
@@ -425,6 +454,9 @@ mod tests {
             usage_bytes: 900 << 20,
             limit_bytes: 1000 << 20,
         });
-        assert!(describe_failure(plan, "terraform", &oom).contains("memory soft limit (900 MiB used of 1000 MiB)"));
+        assert!(
+            describe_failure(plan, "terraform", &oom)
+                .contains("memory soft limit (900 MiB used of 1000 MiB)")
+        );
     }
 }

@@ -47,7 +47,10 @@ pub struct Watcher {
 
 impl Watcher {
     /// Spawns `body` on a thread called `name`.
-    pub fn spawn(name: &'static str, body: impl FnOnce() + Send + 'static) -> std::io::Result<Self> {
+    pub fn spawn(
+        name: &'static str,
+        body: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (ended, finished) = crossbeam_channel::bounded::<()>(0);
         let handle = std::thread::Builder::new()
             .name(name.into())

@@ -34,7 +34,10 @@ fn apply_in_progress(world: &World, options: &PodOptions) -> (String, Pod) {
 
 /// The state on the platform: the resource, tainted (its provisioner was interrupted).
 fn assert_state_pushed(world: &World) {
-    let state = world.sim.state(&world.ws).expect("terraform pushed its state");
+    let state = world
+        .sim
+        .state(&world.ws)
+        .expect("terraform pushed its state");
     let state: serde_json::Value = serde_json::from_slice(&state).expect("state JSON");
     assert_eq!(state["resources"][0]["type"], "terraform_data", "{state}");
     assert_eq!(state["resources"][0]["instances"][0]["status"], "tainted");
@@ -52,7 +55,10 @@ fn cancel_mid_apply_interrupts_terraform_which_pushes_state_and_the_task_is_canc
     assert_eq!(view.status, RunStatus::Canceled, "{}", world.sim.dump());
     let result = world.sim.task(&pod.task).result.expect("result");
     assert_eq!(result.status, TaskState::Canceled);
-    assert_eq!(result.message, "Run canceled (graceful) during terraform apply.");
+    assert_eq!(
+        result.message,
+        "Run canceled (graceful) during terraform apply."
+    );
     assert_state_pushed(&world);
     let log = world.log(&run, Stage::Apply);
     position(&log, "Interrupt received");
@@ -60,7 +66,11 @@ fn cancel_mid_apply_interrupts_terraform_which_pushes_state_and_the_task_is_canc
     assert!(!log.contains("Creation complete"), "{log}");
     assert!(pod.worker_log().contains("sending SIGINT"));
     assert!(!pod.worker_log().contains("sending SIGKILL"));
-    assert!(pod.wait_exec_loop(DEADLINE).expect("exec-loop exits").success());
+    assert!(
+        pod.wait_exec_loop(DEADLINE)
+            .expect("exec-loop exits")
+            .success()
+    );
 }
 
 #[test]
@@ -83,15 +93,24 @@ fn sigterm_to_the_pod_mid_apply_stops_terraform_gracefully_and_still_reports() {
     assert_eq!(view.status, RunStatus::Errored);
     let message = view.message.expect("message");
     assert!(
-        message.starts_with("The worker was stopped (SIGTERM") && message.contains("terraform apply"),
+        message.starts_with("The worker was stopped (SIGTERM")
+            && message.contains("terraform apply"),
         "{message}"
     );
     assert_state_pushed(&world);
     let log = world.log(&run, Stage::Apply);
     position(&log, "Interrupt received");
     position(&log, "==> The worker was stopped (SIGTERM");
-    assert!(pod.worker_log().contains("received SIGTERM"), "{}", pod.logs());
-    assert!(pod.wait_exec_loop(DEADLINE).expect("exec-loop exits").success());
+    assert!(
+        pod.worker_log().contains("received SIGTERM"),
+        "{}",
+        pod.logs()
+    );
+    assert!(
+        pod.wait_exec_loop(DEADLINE)
+            .expect("exec-loop exits")
+            .success()
+    );
 }
 
 #[test]
@@ -121,7 +140,10 @@ fn a_command_ignoring_sigint_and_sigterm_is_killed_within_the_grace_period() {
     assert!(status.success(), "{status}\n{}", pod.logs());
     let result = world.sim.task(&pod.task).result.expect("result");
     assert_eq!(result.status, TaskState::Canceled);
-    assert_eq!(result.message, "Run canceled (graceful) during the pre-plan hook.");
+    assert_eq!(
+        result.message,
+        "Run canceled (graceful) during the pre-plan hook."
+    );
     let worker = pod.worker_log();
     let order = ["sending SIGINT", "sending SIGTERM", "sending SIGKILL"];
     let positions: Vec<usize> = order.iter().map(|n| position(&worker, n)).collect();

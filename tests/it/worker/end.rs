@@ -33,7 +33,11 @@ fn a_fenced_token_at_start_exits_3_without_reporting() {
     let mut pod = world.launch(&held, &PodOptions::default());
     let status = pod.wait(DEADLINE);
     assert_eq!(status.code(), Some(3), "{}", pod.logs());
-    assert!(pod.worker_log().contains("a newer attempt runs it"), "{}", pod.logs());
+    assert!(
+        pod.worker_log().contains("a newer attempt runs it"),
+        "{}",
+        pod.logs()
+    );
     assert!(!pod.marker("started").exists(), "not started");
     assert!(world.sim.requests_of(Route::FinishTask).is_empty());
     assert_eq!(world.sim.task(&held.task.id).state, TaskState::Acquired);
@@ -45,7 +49,10 @@ fn a_task_final_before_start_exits_4_and_a_pending_cancel_is_reported_at_once() 
     let run = quick_run(&world);
     let held = world.acquire(&run, Stage::Plan);
     world.sim.cancel_run(&run);
-    world.agent.confirm_cancel(&held.task.id).expect("confirm cancel");
+    world
+        .agent
+        .confirm_cancel(&held.task.id)
+        .expect("confirm cancel");
     let mut pod = world.launch(&held, &PodOptions::default());
     assert_eq!(pod.wait(DEADLINE).code(), Some(4), "{}", pod.logs());
 
@@ -58,18 +65,26 @@ fn a_task_final_before_start_exits_4_and_a_pending_cancel_is_reported_at_once() 
     assert_eq!(world.sim.run(&run).status, RunStatus::Canceled);
     let log = world.log(&run, Stage::Plan);
     assert!(!log.contains("==> terraform"), "{log}");
-    position(&log, "==> Run canceled (graceful) before the first command.");
+    position(
+        &log,
+        "==> Run canceled (graceful) before the first command.",
+    );
 }
 
 #[test]
 fn a_transiently_failing_report_is_retried_until_accepted() {
     let world = World::new();
     let run = quick_run(&world);
-    world.sim.inject(Route::FinishTask, 7, Fault::server_error());
+    world
+        .sim
+        .inject(Route::FinishTask, 7, Fault::server_error());
     let pod = world.run_stage(&run, Stage::Plan, &grace(60));
     assert_eq!(world.sim.run(&run).status, RunStatus::PlannedAndFinished);
     assert!(world.sim.requests_of(Route::FinishTask).len() >= 8);
-    assert!(pod.worker_log().contains("could not report the final status"));
+    assert!(
+        pod.worker_log()
+            .contains("could not report the final status")
+    );
     position(&world.log(&run, Stage::Plan), "==> No changes.");
 }
 
@@ -77,11 +92,14 @@ fn a_transiently_failing_report_is_retried_until_accepted() {
 fn an_unreachable_log_store_does_not_cost_the_final_status() {
     let world = World::new();
     let run = quick_run(&world);
-    world.sim.inject(Route::AppendLog, 100_000, Fault::unavailable(0));
+    world
+        .sim
+        .inject(Route::AppendLog, 100_000, Fault::unavailable(0));
     let pod = world.run_stage(&run, Stage::Plan, &grace(2));
     assert_eq!(world.sim.run(&run).status, RunStatus::PlannedAndFinished);
     assert!(
-        pod.worker_log().contains("of the run log could not be delivered"),
+        pod.worker_log()
+            .contains("of the run log could not be delivered"),
         "{}",
         pod.logs()
     );
@@ -91,7 +109,9 @@ fn an_unreachable_log_store_does_not_cost_the_final_status() {
 fn a_platform_unreachable_until_the_deadline_means_a_non_zero_exit() {
     let world = World::new();
     let run = quick_run(&world);
-    world.sim.inject(Route::FinishTask, 100_000, Fault::unavailable(0));
+    world
+        .sim
+        .inject(Route::FinishTask, 100_000, Fault::unavailable(0));
     let held = world.acquire(&run, Stage::Plan);
     let mut pod = world.launch(&held, &grace(2));
     let status = pod.wait(DEADLINE);

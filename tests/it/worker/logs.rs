@@ -79,7 +79,8 @@ fn no_token_or_sensitive_value_reaches_any_log() {
 
     // A failing hook whose error names the secret: the final message is masked too.
     let mut failing = spec;
-    failing.hooks.pre_plan = Some("echo \"Error: login failed for $DB_PASSWORD\" >&2; exit 1".into());
+    failing.hooks.pre_plan =
+        Some("echo \"Error: login failed for $DB_PASSWORD\" >&2; exit 1".into());
     let (failed_run, failed_pods) = world.run_to_end(failing, &PodOptions::default());
     let message = world.sim.run(&failed_run).message.expect("message");
     assert!(message.contains("Error: login failed for ***"), "{message}");
@@ -104,7 +105,10 @@ fn no_token_or_sensitive_value_reaches_any_log() {
     secrets.push(world.sim.run_token(&failed_run));
     for (name, text) in &texts {
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "a secret in the {name}:\n{text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret in the {name}:\n{text}"
+            );
         }
     }
 }

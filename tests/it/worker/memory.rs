@@ -52,13 +52,22 @@ fn terraform_past_the_soft_limit_is_stopped_saves_state_and_the_task_errors() {
     );
     let log = world.log(&run, Stage::Apply);
     let allocated = position(&log, "allocated");
-    let stopped = position(&log, "Error: the runner reached its memory soft limit (858 MiB used of a 953 MiB limit)");
+    let stopped = position(
+        &log,
+        "Error: the runner reached its memory soft limit (858 MiB used of a 953 MiB limit)",
+    );
     assert!(allocated < stopped, "{log}");
     // terraform treated the SIGTERM as an interrupt and pushed its state.
     let state = world.sim.state(&world.ws).expect("state pushed");
     let state: serde_json::Value = serde_json::from_slice(&state).expect("state JSON");
-    assert_eq!(state["resources"][0]["instances"][0]["status"], "tainted", "{state}");
-    assert_eq!(world.sim.task(&pod.task).result.expect("result").status, TaskState::Errored);
+    assert_eq!(
+        state["resources"][0]["instances"][0]["status"], "tainted",
+        "{state}"
+    );
+    assert_eq!(
+        world.sim.task(&pod.task).result.expect("result").status,
+        TaskState::Errored
+    );
 }
 
 #[test]
@@ -75,11 +84,23 @@ fn a_peak_close_to_the_soft_limit_leaves_a_warning_in_the_log() {
     ));
     let run = world.sim.queue_run(&world.ws, spec);
     let pod = world.run_stage(&run, Stage::Plan, &monitored(cgroup.path()));
-    assert_eq!(world.sim.run(&run).status, RunStatus::PlannedAndFinished, "{}", pod.logs());
+    assert_eq!(
+        world.sim.run(&run).status,
+        RunStatus::PlannedAndFinished,
+        "{}",
+        pod.logs()
+    );
     let log = world.log(&run, Stage::Plan);
     let hook = position(&log, "==> Running the pre-plan hook");
-    let warning = position(&log, "Warning: the runner's memory use peaked at 715 MiB of its 953 MiB limit (75%)");
+    let warning = position(
+        &log,
+        "Warning: the runner's memory use peaked at 715 MiB of its 953 MiB limit (75%)",
+    );
     let plan = position(&log, "==> terraform plan");
     assert!(hook < warning && warning < plan, "{log}");
-    assert_eq!(log.matches("Warning: the runner's memory use").count(), 1, "warned once");
+    assert_eq!(
+        log.matches("Warning: the runner's memory use").count(),
+        1,
+        "warned once"
+    );
 }

@@ -8,6 +8,7 @@ mod cancel;
 mod end;
 mod logs;
 mod memory;
+mod providers;
 mod runs;
 
 use std::fs::{self, File};
@@ -44,6 +45,8 @@ pub struct PodOptions {
     pub worker_env: Vec<(String, String)>,
     /// More arguments for exec-loop.
     pub exec_loop_args: Vec<String>,
+    /// More environment for exec-loop (what the runner image sets).
+    pub exec_loop_env: Vec<(String, String)>,
     /// exec-loop's cgroup root (default: an empty directory: no memory monitor).
     pub cgroup_root: Option<PathBuf>,
 }
@@ -152,6 +155,7 @@ impl World {
                 "SCALR_AGENT_CGROUP_ROOT",
                 options.cgroup_root.as_deref().unwrap_or(&cgroup),
             )
+            .envs(options.exec_loop_env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

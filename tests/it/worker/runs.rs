@@ -51,15 +51,24 @@ fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
     let result = plan_task.result.expect("a result");
     assert_eq!(result.status, TaskState::Finished, "{}", plan_pod.logs());
     assert!(result.has_changes);
-    assert_eq!((result.additions, result.changes, result.destructions), (1, 0, 0));
+    assert_eq!(
+        (result.additions, result.changes, result.destructions),
+        (1, 0, 0)
+    );
     assert_eq!(result.message, "Plan: 1 to add, 0 to change, 0 to destroy.");
     assert_eq!(world.sim.run(&run).status, RunStatus::ApplyQueued);
     assert!(world.sim.artefact(&run, "plan-file").is_some());
     let plan_json: serde_json::Value = serde_json::from_slice(
-        &world.sim.artefact(&run, "plan-json").expect("plan JSON uploaded"),
+        &world
+            .sim
+            .artefact(&run, "plan-json")
+            .expect("plan JSON uploaded"),
     )
     .expect("plan JSON");
-    assert_eq!(plan_json["resource_changes"][0]["address"], "terraform_data.hello");
+    assert_eq!(
+        plan_json["resource_changes"][0]["address"],
+        "terraform_data.hello"
+    );
     let log = world.log(&run, Stage::Plan);
     for needle in [
         "==> terraform init -input=false",
@@ -70,19 +79,28 @@ fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
     ] {
         position(&log, needle);
     }
-    assert!(!log.contains("\"resource_changes\""), "show -json is not logged");
+    assert!(
+        !log.contains("\"resource_changes\""),
+        "show -json is not logged"
+    );
     assert!(plan_pod.marker("started").exists() && plan_pod.marker("healthy").exists());
     assert!(!world.sim.requests_of(Route::TaskHeartbeat).is_empty());
     let exec_loop = plan_pod.wait_exec_loop(DEADLINE).expect("exec-loop exits");
     assert!(exec_loop.success(), "exec-loop was shut down cleanly");
-    assert!(world.sim.state(&world.ws).is_none(), "a plan writes no state");
+    assert!(
+        world.sim.state(&world.ws).is_none(),
+        "a plan writes no state"
+    );
 
     // Apply: the saved plan, state stored on the platform.
     let apply_pod = world.run_stage(&run, Stage::Apply, &options);
     let view = world.sim.run(&run);
     assert_eq!(view.status, RunStatus::Applied, "{}", apply_pod.logs());
     let result = world.sim.task(&apply_pod.task).result.expect("result");
-    assert_eq!((result.additions, result.changes, result.destructions), (1, 0, 0));
+    assert_eq!(
+        (result.additions, result.changes, result.destructions),
+        (1, 0, 0)
+    );
     assert!(result.has_changes);
     assert_eq!(
         result.message,
@@ -93,7 +111,10 @@ fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
     position(&log, "/.scalr/plan.tfplan");
     let stored = resources(&world);
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0]["instances"][0]["attributes"]["input"]["value"], "hello");
+    assert_eq!(
+        stored[0]["instances"][0]["attributes"]["input"]["value"],
+        "hello"
+    );
     assert_eq!(world.sim.state_lock(&world.ws), None);
 
     // The same configuration again: no changes, the run ends after the plan.
@@ -102,7 +123,11 @@ fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
     assert_eq!(world.sim.run(&again).status, RunStatus::PlannedAndFinished);
     let result = world.sim.task(&pods[0].task).result.expect("result");
     assert!(!result.has_changes);
-    assert!(result.message.starts_with("No changes."), "{}", result.message);
+    assert!(
+        result.message.starts_with("No changes."),
+        "{}",
+        result.message
+    );
 
     // Destroy.
     let mut destroy = spec(&cv);
@@ -169,7 +194,10 @@ resource "terraform_data" "x" {
         "multi=[line one\nline two]",
     ];
     let positions: Vec<usize> = order.iter().map(|n| position(&plan, n)).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "order {positions:?}\n{plan}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "order {positions:?}\n{plan}"
+    );
     position(
         &plan,
         &format!(
@@ -190,7 +218,10 @@ resource "terraform_data" "x" {
         "post-apply exit=0",
     ];
     let positions: Vec<usize> = order.iter().map(|n| position(&apply, n)).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "order {positions:?}\n{apply}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "order {positions:?}\n{apply}"
+    );
 }
 
 #[test]
@@ -199,14 +230,17 @@ fn a_failing_plan_is_reported_errored_with_the_error_in_the_log() {
     let broken = "output \"x\" {\n  value = terraform_data.missing.id\n}\n";
     let cv = world.cv(&[("main.tf", broken)]);
     let mut spec = RunSpec::new(&cv);
-    spec.hooks.post_plan = Some("echo post-plan after failure exit=$SCALR_TERRAFORM_EXIT_CODE".into());
+    spec.hooks.post_plan =
+        Some("echo post-plan after failure exit=$SCALR_TERRAFORM_EXIT_CODE".into());
     spec.hooks.pre_apply = Some("echo never".into());
     let (run, pods) = world.run_to_end(spec, &PodOptions::default());
     let view = world.sim.run(&run);
     assert_eq!(view.status, RunStatus::Errored);
     let message = view.message.expect("a message");
     assert!(
-        message.contains("terraform plan failed (exit code 1): Error: Reference to undeclared resource"),
+        message.contains(
+            "terraform plan failed (exit code 1): Error: Reference to undeclared resource"
+        ),
         "{message}"
     );
     let log = world.log(&run, Stage::Plan);
