@@ -3,8 +3,6 @@
 //! (or capture stdout, for `show -json`), keep the tail of its output for messages, note the
 //! memory monitor's events, and return how it ended.
 
-use std::collections::VecDeque;
-
 use super::cancel::{StopCause, Trigger};
 use super::control::StopControl;
 use super::log_batch::Stream;
@@ -64,52 +62,56 @@ impl std::error::Error for ExecError {
     }
 }
 
-/// The last lines of a command's output.
+/// Raw output kept for the tail: enough for [`TAIL_LINES`] lines of terraform output.
+const TAIL_BYTES: usize = 256 * 1024;
+
+/// The last lines of a command's output. Keeps raw bytes while the command runs and turns only
+/// the last lines into text at the end, so a large log costs no per-line work here.
 #[derive(Debug)]
 struct LineTail {
     masker: Masker,
-    partial: Vec<u8>,
-    lines: VecDeque<String>,
+    bytes: Vec<u8>,
+    truncated: bool,
 }
 
 impl LineTail {
     fn new(masker: Masker) -> Self {
         LineTail {
             masker,
-            partial: Vec::new(),
-            lines: VecDeque::new(),
+            bytes: Vec::new(),
+            truncated: false,
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        let Some(last) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            // A very long line without a newline is kept only up to a bound.
-            if self.partial.len() > 64 * 1024 {
-                self.partial.drain(..self.partial.len() - 64 * 1024);
-            }
-            return;
-        };
-        let complete: Vec<u8> = self.partial.drain(..=last).collect();
-        for line in complete[..last].split(|&b| b == b'\n') {
-            self.keep(line);
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * TAIL_BYTES {
+            let cut = self.bytes.len() - TAIL_BYTES;
+            self.bytes.drain(..cut);
+            self.truncated = true;
         }
     }
 
-    fn keep(&mut self, line: &[u8]) {
-        self.lines
-            .push_back(strip_ansi(&self.masker.mask(line)).trim_end().to_string());
-        while self.lines.len() > TAIL_LINES {
-            self.lines.pop_front();
+    fn finish(self) -> Vec<String> {
+        let mut text = self.bytes.as_slice();
+        if self.truncated {
+            // Start at a whole line: a secret cut in two by the truncation must not show.
+            let start = text
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(text.len(), |i| i + 1);
+            text = &text[start..];
         }
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            self.keep(&rest);
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        if text.is_empty() {
+            return Vec::new();
         }
-        self.lines.into()
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        lines[from..]
+            .iter()
+            .map(|line| strip_ansi(&self.masker.mask(line)).trim_end().to_string())
+            .collect()
     }
 }
 
@@ -237,6 +239,23 @@ mod tests {
         let lines = long.finish();
         assert_eq!(lines.len(), TAIL_LINES);
         assert_eq!(lines[0], "line 5");
+        // Far more output than is kept: the kept part starts at a whole line.
+        let secret = Secret::new("tail-cut-secret-value");
+        let mut big = LineTail::new(Masker::new([&secret]));
+        for _ in 0..3 * TAIL_BYTES / 32 {
+            big.push(b"0123456789 tail-cut-secret-value\n");
+        }
+        big.push(b"last\n");
+        let lines = big.finish();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines.last().map(String::as_str), Some("last"));
+        assert!(
+            lines[..TAIL_LINES - 1]
+                .iter()
+                .all(|l| l == "0123456789 ***"),
+            "{lines:?}"
+        );
+        assert!(LineTail::new(Masker::default()).finish().is_empty());
     }
 
     #[test]

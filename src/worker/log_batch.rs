@@ -145,7 +145,7 @@ impl Outbox {
             return;
         }
         self.queued_total += bytes.len() as u64;
-        self.pending.extend(bytes);
+        self.pending.extend(&bytes);
         self.pieces.push_back((self.queued_total, at));
     }
 
@@ -171,7 +171,11 @@ impl Outbox {
     /// The next append: the offset and up to `max` bytes.
     pub fn batch(&self, max: usize) -> (u64, Vec<u8>) {
         let n = max.min(self.pending.len());
-        (self.offset, self.pending.iter().take(n).copied().collect())
+        let (front, back) = self.pending.as_slices();
+        let mut bytes = Vec::with_capacity(n);
+        bytes.extend_from_slice(&front[..n.min(front.len())]);
+        bytes.extend_from_slice(&back[..n - n.min(front.len())]);
+        (self.offset, bytes)
     }
 
     /// The platform answered that the log now has `length` bytes.

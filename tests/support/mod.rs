@@ -8,4 +8,5 @@ pub mod http_server;
 pub mod pki;
 pub mod platform_sim;
 pub mod proxy;
+pub mod task_pod;
 pub mod tools;

@@ -46,7 +46,7 @@ fn assert_state_pushed(world: &World) {
 
 #[test]
 fn cancel_mid_apply_interrupts_terraform_which_pushes_state_and_the_task_is_canceled() {
-    let world = World::new();
+    let world = world();
     let (run, mut pod) = apply_in_progress(&world, &PodOptions::default());
     assert_eq!(world.sim.cancel_run(&run), Some(CancelMode::Graceful));
     let status = pod.wait(DEADLINE);
@@ -75,7 +75,7 @@ fn cancel_mid_apply_interrupts_terraform_which_pushes_state_and_the_task_is_canc
 
 #[test]
 fn sigterm_to_the_pod_mid_apply_stops_terraform_gracefully_and_still_reports() {
-    let world = World::new();
+    let world = world();
     let options = PodOptions {
         worker_env: vec![(
             "SCALR_AGENT_WORKER_GRACE_SHUTDOWN_TIMEOUT".into(),
@@ -115,7 +115,7 @@ fn sigterm_to_the_pod_mid_apply_stops_terraform_gracefully_and_still_reports() {
 
 #[test]
 fn a_command_ignoring_sigint_and_sigterm_is_killed_within_the_grace_period() {
-    let world = World::new();
+    let world = world();
     let cv = world.cv(&[("main.tf", "")]);
     let mut spec = RunSpec::new(&cv);
     spec.hooks.pre_plan =

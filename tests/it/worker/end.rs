@@ -26,7 +26,7 @@ fn grace(seconds: u32) -> PodOptions {
 
 #[test]
 fn a_fenced_token_at_start_exits_3_without_reporting() {
-    let world = World::new();
+    let world = world();
     let run = quick_run(&world);
     let held = world.acquire(&run, Stage::Plan);
     world.sim.revoke_token(held.token.expose());
@@ -45,7 +45,7 @@ fn a_fenced_token_at_start_exits_3_without_reporting() {
 
 #[test]
 fn a_task_final_before_start_exits_4_and_a_pending_cancel_is_reported_at_once() {
-    let world = World::new();
+    let world = world();
     let run = quick_run(&world);
     let held = world.acquire(&run, Stage::Plan);
     world.sim.cancel_run(&run);
@@ -73,7 +73,7 @@ fn a_task_final_before_start_exits_4_and_a_pending_cancel_is_reported_at_once() 
 
 #[test]
 fn a_transiently_failing_report_is_retried_until_accepted() {
-    let world = World::new();
+    let world = world();
     let run = quick_run(&world);
     world
         .sim
@@ -90,7 +90,7 @@ fn a_transiently_failing_report_is_retried_until_accepted() {
 
 #[test]
 fn an_unreachable_log_store_does_not_cost_the_final_status() {
-    let world = World::new();
+    let world = world();
     let run = quick_run(&world);
     world
         .sim
@@ -107,7 +107,7 @@ fn an_unreachable_log_store_does_not_cost_the_final_status() {
 
 #[test]
 fn a_platform_unreachable_until_the_deadline_means_a_non_zero_exit() {
-    let world = World::new();
+    let world = world();
     let run = quick_run(&world);
     world
         .sim

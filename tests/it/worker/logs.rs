@@ -7,7 +7,7 @@ use crate::support::platform_sim::{Fault, Route, SimVariable};
 
 #[test]
 fn a_50_mb_log_arrives_complete_and_in_order_despite_failed_appends() {
-    let world = World::new();
+    let world = world();
     let cv = world.cv(&[("main.tf", "")]);
     let lines: u64 = 6_500_000;
     let mut spec = RunSpec::new(&cv);
@@ -60,7 +60,7 @@ const API_KEY: &str = "the-api-key-value-0123";
 
 #[test]
 fn no_token_or_sensitive_value_reaches_any_log() {
-    let world = World::new();
+    let world = world();
     let cv = world.cv(&[("main.tf", SECRET_TF)]);
     let mut spec = RunSpec::new(&cv);
     spec.variables = vec![

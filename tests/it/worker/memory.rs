@@ -33,7 +33,7 @@ fn monitored(cgroup: &Path) -> PodOptions {
 
 #[test]
 fn terraform_past_the_soft_limit_is_stopped_saves_state_and_the_task_errors() {
-    let world = World::new();
+    let world = world();
     let cgroup = fake_cgroup();
     let main_tf = format!(
         "resource \"terraform_data\" \"big\" {{\n  provisioner \"local-exec\" {{\n    command = \"{}; echo allocated; sleep 60\"\n  }}\n}}\n",
@@ -72,7 +72,7 @@ fn terraform_past_the_soft_limit_is_stopped_saves_state_and_the_task_errors() {
 
 #[test]
 fn a_peak_close_to_the_soft_limit_leaves_a_warning_in_the_log() {
-    let world = World::new();
+    let world = world();
     let cgroup = fake_cgroup();
     let cv = world.cv(&[("main.tf", "resource \"terraform_data\" \"x\" {}\n")]);
     let mut spec = RunSpec::new(&cv);

@@ -77,7 +77,7 @@ fn mirror(zip: Vec<u8>, ca: &TestCa) -> (TestServer, Seen) {
 
 #[test]
 fn a_provider_from_the_network_mirror_is_published_and_the_next_run_uses_the_shared_mirror() {
-    let world = World::new();
+    let world = world();
     let scratch = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new("mirror-ca");
     let ca_file = scratch.path().join("ca.pem");

@@ -40,7 +40,7 @@ fn resources(world: &World) -> Vec<serde_json::Value> {
 
 #[test]
 fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
-    let world = World::new();
+    let world = world();
     let cv = world.cv(&[("main.tf", MAIN_TF)]);
     let options = PodOptions::default();
 
@@ -146,7 +146,7 @@ fn plan_then_apply_keeps_state_on_the_platform_then_no_changes_then_destroy() {
 
 #[test]
 fn hooks_run_in_order_and_carry_variables_through_scalr_agent_env() {
-    let world = World::new();
+    let world = world();
     let main_tf = r#"
 resource "terraform_data" "x" {
   provisioner "local-exec" {
@@ -226,7 +226,7 @@ resource "terraform_data" "x" {
 
 #[test]
 fn a_failing_plan_is_reported_errored_with_the_error_in_the_log() {
-    let world = World::new();
+    let world = world();
     let broken = "output \"x\" {\n  value = terraform_data.missing.id\n}\n";
     let cv = world.cv(&[("main.tf", broken)]);
     let mut spec = RunSpec::new(&cv);
@@ -253,7 +253,7 @@ fn a_failing_plan_is_reported_errored_with_the_error_in_the_log() {
 
 #[test]
 fn a_targeted_plan_only_run_plans_only_the_target() {
-    let world = World::new();
+    let world = world();
     let two = "resource \"terraform_data\" \"a\" {}\nresource \"terraform_data\" \"b\" {}\n";
     let ws = world.sim.create_workspace_with(
         &world.pool.id,
