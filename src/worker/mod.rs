@@ -5,8 +5,10 @@
 //!
 //! Threads (all named, joined at the end): the main thread runs the stage (`task_run.rs`) and the
 //! report (`report.rs`); `log-shipper` streams output (`log_shipper.rs`); `heartbeat` and
-//! `cancel-watch` watch the platform (`watch.rs`); `canceller` turns SIGTERM and cancels into
-//! signals for the running command (`control.rs`, `cancel.rs`); `signals` receives SIGTERM/SIGINT.
+//! `cancel-watch` watch the platform (`watch.rs`); `markers` touches the `healthy` marker;
+//! `canceller` turns SIGTERM and cancels into signals for the running command (`control.rs`,
+//! `cancel.rs`); `signals` receives SIGTERM/SIGINT. The platform watchers are joined with a bound
+//! (a long-poll in flight cannot be interrupted).
 //!
 //! Building blocks, each with its own tests: [`archive`] (safe extraction of the configuration
 //! version), [`binary_cache`] and [`provider_cache`] (the shared caches), [`tf_config`] (CLI
@@ -134,6 +136,9 @@ impl TaskIdentity {
     }
 }
 
+/// How long a worker that never drove exec-loop tries to reach it to tell it to exit.
+const RUNNER_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the end of the worker waits for a platform watcher stuck in a call.
 const WATCHER_JOIN: Duration = Duration::from_secs(1);
 
@@ -216,25 +221,31 @@ fn run_task(
     done: Shutdown,
 ) -> u8 {
     let task = platform.task(&identity.task_id, token.clone());
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| settings.data_dir.join(crate::runner::settings::SOCKET_FILE));
     let spec = match task.start() {
         Ok(spec) => spec,
-        Err(e) if e.is_unauthorized() => {
-            log::error!(
-                "the platform refused this worker's task token at start: the task was offered \
-                 again and a newer attempt runs it; exiting without reporting ({e})"
-            );
-            return EXIT_FENCED;
-        }
-        Err(e) if e.code() == Some("task-completed") => {
-            log::error!(
-                "the task was already final when this worker started (failed or canceled \
-                 before the pod came up); nothing to run ({e})"
-            );
-            return EXIT_TASK_FINAL;
-        }
         Err(e) => {
-            log::error!("cannot start the task: {e}");
-            return EXIT_NOT_REPORTED;
+            let code = if e.is_unauthorized() {
+                log::error!(
+                    "the platform refused this worker's task token at start: the task was \
+                     offered again and a newer attempt runs it; exiting without reporting ({e})"
+                );
+                EXIT_FENCED
+            } else if e.code() == Some("task-completed") {
+                log::error!(
+                    "the task was already final when this worker started (failed or canceled \
+                     before the pod came up); nothing to run ({e})"
+                );
+                EXIT_TASK_FINAL
+            } else {
+                log::error!("cannot start the task: {e}");
+                EXIT_NOT_REPORTED
+            };
+            task_run::shutdown_runner(&socket, RUNNER_SHUTDOWN_WAIT);
+            return code;
         }
     };
     let markers = args
@@ -290,11 +301,15 @@ fn run_task(
             control::run_canceller(c, s, d);
             Ok(())
         })?;
+        let (healthy, d) = (markers.join("healthy"), done.clone());
+        threads.spawn("markers", move || {
+            watch::run_markers(healthy, d);
+            Ok(())
+        })?;
         let (t, c, d) = (task.clone(), control.clone(), done.clone());
         let interval = Duration::from_secs(args.heartbeat_interval_secs.max(1));
-        let healthy = markers.join("healthy");
         watchers.push(watch::Watcher::spawn("heartbeat", move || {
-            watch::run_heartbeat(t, c, interval, healthy, d)
+            watch::run_heartbeat(t, c, interval, d)
         })?);
         let (t, c, d) = (task.clone(), control.clone(), done.clone());
         watchers.push(watch::Watcher::spawn("cancel-watch", move || {
@@ -312,38 +327,46 @@ fn run_task(
         }
     };
 
-    let result = match provision::RunPaths::new(
+    let outcome = match provision::RunPaths::new(
         &settings.data_dir,
         &spec.id,
         &spec.workspace.working_directory,
     ) {
-        Ok(paths) => {
-            let socket = args
-                .socket
-                .clone()
-                .unwrap_or_else(|| settings.data_dir.join(crate::runner::settings::SOCKET_FILE));
-            task_run::run_stage(&task_run::StageContext {
-                task: &task,
-                spec: &spec,
-                settings,
-                platform_url: url,
-                socket: &socket,
-                runner_timeout: Duration::from_secs(args.runner_timeout_secs),
-                control: &control,
-                log: &log,
-                masker: &masker,
-                paths: &paths,
-            })
-        }
+        Ok(paths) => task_run::run_stage(&task_run::StageContext {
+            task: &task,
+            spec: &spec,
+            settings,
+            platform_url: url,
+            socket: &socket,
+            runner_timeout: Duration::from_secs(args.runner_timeout_secs),
+            control: &control,
+            log: &log,
+            masker: &masker,
+            paths: &paths,
+        }),
         Err(e) => {
             log.line(format!("==> Errored: {e}"));
-            TaskResult::errored(&e.to_string())
+            task_run::StageOutcome {
+                result: TaskResult::errored(&e.to_string()),
+                runner_stopped: false,
+            }
         }
     };
-    let deadline = control
-        .report_deadline()
-        .unwrap_or_else(|| Instant::now() + settings.grace_shutdown);
+    let result = outcome.result;
+    // After a stop, the grace deadline; but never less than the reserve from now, so a stop that
+    // came long ago (a cancel during a slow download) still leaves time to report.
+    let now = Instant::now();
+    let deadline = match control.report_deadline() {
+        Some(deadline) => deadline.max(now + control.reserve()),
+        None => now + settings.grace_shutdown,
+    };
     let (shipped, reported) = report::report(&platform, &spec.id, &token, &log, &result, deadline);
+    // Nothing needs the platform any more: the watchers stop (a heartbeat to a final task would
+    // look like the task ending under us).
+    done.trigger(Reason::Requested);
+    if !outcome.runner_stopped {
+        task_run::shutdown_runner(&socket, RUNNER_SHUTDOWN_WAIT);
+    }
     if let Some(s) = &shipped {
         log::info!(
             "log shipping: {} bytes in {} appends ({} retried), lag p50 {:?} p99 {:?} max {:?}",
@@ -360,7 +383,6 @@ fn run_task(
     if let Err(e) = cache.cleanup(std::time::SystemTime::now()) {
         log::warn!("binary cache cleanup: {e}");
     }
-    done.trigger(Reason::Requested);
     if let Err(e) = threads.join_all() {
         log::error!("{e}");
     }

@@ -94,7 +94,7 @@ fn finish(
     let mut last = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        if remaining.is_zero() && last.is_some() {
             return Err(ReportError::Unreachable(last));
         }
         // Each attempt retries briefly by itself, never past the deadline.
@@ -102,7 +102,7 @@ fn finish(
             max_attempts: 3,
             initial: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
-            max_elapsed: remaining,
+            max_elapsed: remaining.max(Duration::from_millis(1)),
         });
         match client.task(task_id, token.clone()).finish(result) {
             Ok(summary) => {

@@ -5,6 +5,11 @@
 //! rely on (`SCALR_RUN_ID`, `SCALR_HOSTNAME`, `SCALR_TERRAFORM_OPERATION`, ...) and mirror tokens.
 //! Later entries win, so a variable cannot override what the agent sets.
 //!
+//! Terraform variables go by environment, never into a `*.tfvars` file the runner could keep: a
+//! value marked `hcl` is passed as it is, and Terraform parses `TF_VAR_` values as HCL for
+//! variables of complex types (lists, maps, objects), which is where HCL values are used; an `hcl`
+//! value for a variable declared `string` stays a literal string.
+//!
 //! Pure: the task document and paths in, name/value pairs out. Built once on the worker's main
 //! thread; values are handed to exec-loop per command (never on a command line, never in a file).
 //! `Debug` shows names only.

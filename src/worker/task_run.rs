@@ -93,9 +93,29 @@ fn describe_failure(step: &Step, tool: &str, result: &CommandResult) -> String {
     }
 }
 
+/// How a stage ended.
+pub struct StageOutcome {
+    pub result: TaskResult,
+    /// Whether exec-loop was told to exit (else the caller should, so the runner container ends).
+    pub runner_stopped: bool,
+}
+
+/// Tells the exec-loop at `socket` to exit, if it can be reached within `timeout`: the runner
+/// container ends with the worker instead of waiting for its worker-gone timeout.
+pub fn shutdown_runner(socket: &Path, timeout: Duration) {
+    match IpcClient::connect(socket, timeout).and_then(IpcClient::shutdown) {
+        Ok(()) => log::info!("exec-loop told to exit"),
+        Err(e) => log::warn!("could not tell exec-loop to exit: {e}"),
+    }
+}
+
 /// Runs the stage and returns the result to report. Never panics on a run's failure: every
 /// failure becomes an `errored` result with a message for the user.
-pub fn run_stage(ctx: &StageContext<'_>) -> TaskResult {
+pub fn run_stage(ctx: &StageContext<'_>) -> StageOutcome {
+    let not_connected = |result| StageOutcome {
+        result,
+        runner_stopped: false,
+    };
     let spec = ctx.spec;
     ctx.log.line(format!(
         "scalr-agent {}: {} stage of run {} in workspace {} (environment {}), attempt {}",
@@ -107,30 +127,35 @@ pub fn run_stage(ctx: &StageContext<'_>) -> TaskResult {
         spec.attempt
     ));
     if let Stage::Other(name) = &spec.stage {
-        return fail(
+        return not_connected(fail(
             ctx,
             format!("this scalr-agent does not run {name} stages; upgrade the agent"),
-        );
+        ));
     }
     let mut note = |line: String| ctx.log.line(line);
     let provisioned = match provision::provision(ctx.task, spec, ctx.settings, ctx.paths, &mut note)
     {
         Ok(p) => p,
-        Err(e) => return fail(ctx, crate::threads::error_chain(&e)),
+        Err(e) => return not_connected(fail(ctx, crate::threads::error_chain(&e))),
     };
     if let Some(cause) = ctx.control.cause() {
-        return stopped(ctx, cause, "before the first command");
+        return not_connected(stopped(ctx, cause, "before the first command"));
     }
     let mut client = match IpcClient::connect(ctx.socket, ctx.runner_timeout) {
         Ok(client) => client,
-        Err(e) => return fail(ctx, format!("cannot reach the runner container: {e}")),
+        Err(e) => {
+            return not_connected(fail(ctx, format!("cannot reach the runner container: {e}")));
+        }
     };
     ctx.control.set_signaller(client.signaller());
     let result = run_steps(ctx, &mut client, &provisioned);
     if let Err(e) = client.shutdown() {
         log::warn!("could not tell exec-loop to exit: {e}");
     }
-    result
+    StageOutcome {
+        result,
+        runner_stopped: true,
+    }
 }
 
 fn run_steps(

@@ -1,8 +1,7 @@
 //! The worker's two platform watchers, each on its own named thread until `done`:
 //!
 //! - `heartbeat`: a task heartbeat every interval (the platform errors a running task whose
-//!   worker is silent for 120 s); its answer carries the cancel requested so far. Each round also
-//!   touches the worker's `healthy` marker for the liveness probe.
+//!   worker is silent for 120 s); its answer carries the cancel requested so far.
 //! - `cancel-watch`: the cancel long-poll, so a cancel reaches terraform within a second instead
 //!   of at the next heartbeat; after `graceful` it waits for `force`.
 //!
@@ -87,7 +86,6 @@ pub fn run_heartbeat(
     task: TaskClient,
     control: Arc<StopControl>,
     interval: Duration,
-    healthy_marker: PathBuf,
     done: Shutdown,
 ) {
     loop {
@@ -103,10 +101,24 @@ pub fn run_heartbeat(
             }
             Err(e) => log::warn!("task heartbeat failed: {e}"),
         }
-        if let Err(e) = crate::probe::touch_marker(&healthy_marker) {
-            log::warn!("could not touch {}: {e}", healthy_marker.display());
-        }
         if done.wait_timeout(interval) {
+            return;
+        }
+    }
+}
+
+/// How often the `healthy` marker is touched (the chart's liveness probe allows 60 s).
+pub const HEALTHY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The `markers` thread's body: touches the worker's `healthy` marker until `done`. Kept apart
+/// from the platform calls, which may block for a read timeout while the platform is slow: a
+/// slow platform must not get the worker container restarted.
+pub fn run_markers(healthy: PathBuf, done: Shutdown) {
+    loop {
+        if let Err(e) = crate::probe::touch_marker(&healthy) {
+            log::warn!("could not touch {}: {e}", healthy.display());
+        }
+        if done.wait_timeout(HEALTHY_INTERVAL) {
             return;
         }
     }

@@ -41,6 +41,10 @@ fn a_fenced_token_at_start_exits_3_without_reporting() {
     assert!(!pod.marker("started").exists(), "not started");
     assert!(world.sim.requests_of(Route::FinishTask).is_empty());
     assert_eq!(world.sim.task(&held.task.id).state, TaskState::Acquired);
+    let runner = pod
+        .wait_exec_loop(DEADLINE)
+        .expect("exec-loop told to exit");
+    assert!(runner.success(), "{}", pod.logs());
 }
 
 #[test]
@@ -55,6 +59,7 @@ fn a_task_final_before_start_exits_4_and_a_pending_cancel_is_reported_at_once() 
         .expect("confirm cancel");
     let mut pod = world.launch(&held, &PodOptions::default());
     assert_eq!(pod.wait(DEADLINE).code(), Some(4), "{}", pod.logs());
+    assert!(pod.wait_exec_loop(DEADLINE).is_some_and(|s| s.success()));
 
     // A cancel the controller did not confirm yet: the worker starts, sees it, runs nothing.
     let run = quick_run(&world);
