@@ -43,7 +43,7 @@ struct Progress {
     failure: Option<String>,
     /// The loop ended early: stopped, or exec-loop went away.
     interrupted: bool,
-    /// The step running (or next) when the run was stopped.
+    /// Where the run was stopped: `during <step>` or `before <step>`.
     stopped_at: Option<String>,
     /// Exit code of plan or apply (`-detailed-exitcode` for plan).
     main_exit: Option<i32>,
@@ -189,7 +189,8 @@ fn run_steps(
     for step in &steps {
         if ctx.control.cause().is_some() {
             p.interrupted = true;
-            p.stopped_at.get_or_insert_with(|| what(step, tool.name));
+            p.stopped_at
+                .get_or_insert_with(|| format!("before {}", what(step, tool.name)));
             break;
         }
         if p.failure.is_some() && !step.always {
@@ -214,7 +215,7 @@ fn run_steps(
                 Ok(result) => result,
                 Err(ExecError::Stopped(_)) => {
                     p.interrupted = true;
-                    p.stopped_at = Some(what(step, tool.name));
+                    p.stopped_at = Some(format!("during {}", what(step, tool.name)));
                     break;
                 }
                 Err(e @ ExecError::Ipc(_)) => {
@@ -244,7 +245,7 @@ fn run_steps(
         if !step.succeeded(result.exit.code) {
             if ctx.control.cause().is_some() {
                 p.interrupted = true;
-                p.stopped_at = Some(what(step, tool.name));
+                p.stopped_at = Some(format!("during {}", what(step, tool.name)));
                 break;
             }
             let message = describe_failure(step, tool.name, &result);
@@ -335,8 +336,8 @@ fn upload_artefacts(ctx: &StageContext<'_>, p: &Progress) -> Result<(), String> 
 fn conclude(ctx: &StageContext<'_>, p: Progress) -> TaskResult {
     if p.interrupted || p.failure.is_some() {
         if let Some(cause) = ctx.control.cause() {
-            let during = p.stopped_at.as_deref().unwrap_or("the run");
-            return stopped(ctx, cause, &format!("during {during}"));
+            let when = p.stopped_at.as_deref().unwrap_or("during the run");
+            return stopped(ctx, cause, when);
         }
         return fail(
             ctx,
@@ -385,23 +386,24 @@ fn fail(ctx: &StageContext<'_>, message: String) -> TaskResult {
     TaskResult::errored(&message)
 }
 
-fn stopped(ctx: &StageContext<'_>, cause: StopCause, during: &str) -> TaskResult {
+/// The result of a stopped run; `when` is `during <step>`, `before <step>`, ...
+fn stopped(ctx: &StageContext<'_>, cause: StopCause, when: &str) -> TaskResult {
     let result = match cause {
         StopCause::Canceled(mode) => TaskResult::canceled(&masked(
             ctx,
-            &format!("Run canceled ({}) {during}.", mode.as_str()),
+            &format!("Run canceled ({}) {when}.", mode.as_str()),
         )),
         StopCause::Terminated => TaskResult::errored(&masked(
             ctx,
             &format!(
                 "The worker was stopped (SIGTERM: the pod was deleted or its node drained) \
-                 {during}; terraform was interrupted and asked to save its state. Queue the run \
-                 again."
+                 {when}; the running command was interrupted (terraform saves its state when \
+                 interrupted). Queue the run again."
             ),
         )),
         StopCause::Abandoned => TaskResult::errored(&masked(
             ctx,
-            &format!("The task ended on the platform {during}."),
+            &format!("The task ended on the platform {when}."),
         )),
     };
     ctx.log.line(format!("==> {}", result.message));
