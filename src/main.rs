@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use scalr_agent::config::{ConfigErrors, Flags, Settings, vars};
 use scalr_agent::controller::render::{self, RenderCmd, RenderContext};
-use scalr_agent::{install, probe, runner};
+use scalr_agent::{install, probe, runner, worker};
 
 /// scalr-agent: a self-hosted Scalr agent that runs every Terraform/OpenTofu run stage in its own
 /// Kubernetes Job. Configuration comes from SCALR_* environment variables; the global flags below
@@ -58,6 +58,7 @@ enum Command {
     Check(CheckCmd),
     Install(install::InstallArgs),
     ExecLoop(runner::ExecLoopArgs),
+    Worker(worker::WorkerArgs),
     Probe(probe::ProbeArgs),
     Render(RenderCmd),
 }
@@ -165,6 +166,10 @@ fn main() -> ExitCode {
                 Ok(reason) => ExitCode::from(reason.exit_code()),
                 Err(e) => failure(&e),
             },
+            Err(errors) => config_failure(&errors),
+        },
+        Command::Worker(args) => match settings {
+            Ok(s) => ExitCode::from(worker::run(&args, &s)),
             Err(errors) => config_failure(&errors),
         },
         Command::Render(cmd) => {

@@ -12,4 +12,5 @@ mod kubectl;
 mod platform;
 mod render;
 mod runner;
+mod worker;
 mod worker_parts;

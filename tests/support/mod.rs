@@ -9,4 +9,5 @@ pub mod kube_sim;
 pub mod pki;
 pub mod platform_sim;
 pub mod proxy;
+pub mod task_pod;
 pub mod tools;

@@ -115,6 +115,18 @@ impl PlatformSim {
         self.shared().world().tasks[task].log.clone()
     }
 
+    /// The length of a task's log (cheaper than `log` for a large log).
+    pub fn log_len(&self, task: &str) -> usize {
+        self.shared().world().tasks[task].log.len()
+    }
+
+    /// A task's log from byte `from` on.
+    pub fn log_from(&self, task: &str, from: usize) -> Vec<u8> {
+        let world = self.shared().world();
+        let log = &world.tasks[task].log;
+        log.get(from..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+
     /// The current state of a workspace.
     pub fn state(&self, workspace: &str) -> Option<Vec<u8>> {
         self.shared().world().workspaces[workspace]
