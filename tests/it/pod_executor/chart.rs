@@ -99,7 +99,6 @@ fn chart_task_template_runs_install_then_exec_loop_with_the_task_credentials() {
         .as_str()
         .expect("pod name")
         .to_string();
-    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
     w.wait("install done and the runner started", |s| {
         s.get("pods", NS, &name).is_some_and(|p| {
             container(&p, labels::INSTALL_CONTAINER)["state"]["terminated"]["exitCode"] == 0
@@ -115,14 +114,18 @@ fn chart_task_template_runs_install_then_exec_loop_with_the_task_credentials() {
         "the worker was started too"
     );
 
-    let installed = w.exec.volume_dir(&uid, "agent-bin").join("scalr-agent");
+    let installed = w
+        .exec
+        .volume_dir(NS, &name, "agent-bin")
+        .expect("agent-bin")
+        .join("scalr-agent");
     assert_eq!(
         std::fs::metadata(&installed)
             .expect("installed binary")
             .len(),
         std::fs::metadata(binary).expect("built binary").len()
     );
-    let data = w.exec.volume_dir(&uid, "data");
+    let data = w.exec.volume_dir(NS, &name, "data").expect("data");
     assert!(data.join("markers/runner/started").exists());
     assert!(
         data.join("exec-loop.sock").exists(),
@@ -156,7 +159,8 @@ fn chart_task_template_runs_install_then_exec_loop_with_the_task_credentials() {
 
     let token = w
         .exec
-        .volume_dir(&uid, labels::CREDENTIALS_VOLUME)
+        .volume_dir(NS, &name, labels::CREDENTIALS_VOLUME)
+        .expect("credentials")
         .join(labels::TASK_TOKEN_KEY);
     assert_eq!(std::fs::read_to_string(&token).expect("token file"), TOKEN);
     let mode = std::fs::metadata(&token)

@@ -233,6 +233,11 @@ fn eviction_respects_budgets_marks_disruption_and_the_job_ignores_it() {
         .expect("name")
         .to_string();
     w.wait_phase(&name, "Running");
+    let marker = w.exec.claim_dir(NS, "c").join("evicted-once");
+    assert!(
+        w.exec.wait_until(super::PATIENCE, |_| marker.exists()),
+        "the first pod marks the claim"
+    );
     w.sim.put(json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "keep", "namespace": NS},
         "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "evictee"}}}}));
     assert_eq!(

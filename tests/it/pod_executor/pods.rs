@@ -230,7 +230,10 @@ fn probes_set_started_and_ready_and_a_failing_liveness_probe_kills() {
     assert_eq!(container(&pod, "main")["ready"], false);
     assert!(container(&pod, "main")["state"]["running"].is_object());
     std::fs::write(
-        w.exec.volume_dir(&uid(&w, "probed"), "work").join("ready"),
+        w.exec
+            .volume_dir(NS, "probed", "work")
+            .expect("work")
+            .join("ready"),
         "",
     )
     .expect("write the marker");

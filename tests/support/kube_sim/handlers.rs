@@ -474,6 +474,8 @@ pub fn bind(
     conditions.retain(|c| c["type"] != "PodScheduled");
     conditions.insert(0, scheduled);
     st.write_update(k, pod);
-    Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "code": 201}))
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "code": 201}),
+    )
 }

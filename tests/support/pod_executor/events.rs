@@ -2,6 +2,7 @@
 //! `<object>.<hex>` names, source and reporting component), created through our client. Called
 //! from the control and pod threads; a failure to record is kept in the executor's error list.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Event;
@@ -39,11 +40,14 @@ pub fn record(
     reason: &str,
     message: &str,
 ) -> Result<(), String> {
+    // Unique per process even when two threads record in the same nanosecond.
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now();
     let nanos = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + u128::from(SEQUENCE.fetch_add(1, Ordering::Relaxed));
     let (component, host) = match source {
         Source::Kubelet(node) => ("kubelet", Some(node)),
         Source::Scheduler => ("default-scheduler", None),

@@ -78,6 +78,22 @@ impl Image {
     }
 }
 
+impl Image {
+    /// The agent image as the Containerfile builds it: FROM scratch with the static binary at
+    /// `/usr/local/bin/scalr-agent` (pass `env!("CARGO_BIN_EXE_scalr-agent")`).
+    pub fn scalr_agent(binary: impl AsRef<Path>) -> Image {
+        Image::new()
+            .path("/usr/local/bin/scalr-agent", binary)
+            .entrypoint(&["/usr/local/bin/scalr-agent"])
+    }
+
+    /// A runner image like `scalr/runner`: a shell and coreutils, and `tools_bin` (real terraform,
+    /// from `scripts/install-tools.sh`) as `/usr/local/bin`, first on PATH.
+    pub fn runner(tools_bin: impl AsRef<Path>) -> Image {
+        Image::busybox().path("/usr/local/bin", tools_bin)
+    }
+}
+
 /// Images by normalised reference.
 #[derive(Clone, Debug, Default)]
 pub struct ImageRegistry {

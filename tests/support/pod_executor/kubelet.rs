@@ -297,6 +297,10 @@ impl PodWorker {
             };
             match volumes::set_up_all(&self.pod, &self.dirs, &lookup) {
                 Ok(v) => {
+                    let key = (self.ns.clone(), self.name.clone());
+                    self.node
+                        .shared
+                        .update(|st| st.volumes.insert(key, v.clone()));
                     self.volumes = v;
                     return Ok(());
                 }

@@ -359,15 +359,15 @@ impl PodExecutor {
         volumes::claim_dir(&self.node.work.join("claims"), namespace, claim)
     }
 
-    /// The host directory of a pod's volume (emptyDir, secret, configMap) while the pod exists.
-    pub fn volume_dir(&self, pod_uid: &str, volume: &str) -> PathBuf {
-        let prefix: String = pod_uid.chars().filter(|c| *c != '-').take(12).collect();
-        self.node
-            .work
-            .join("pods")
-            .join(prefix)
-            .join("volumes")
-            .join(volume)
+    /// The host path of volume `volume` of `pod` (any type: emptyDir, secret, configMap, claim,
+    /// hostPath), from when the pod's volumes are set up until it is gone.
+    pub fn volume_dir(&self, namespace: &str, pod: &str, volume: &str) -> Option<PathBuf> {
+        self.shared()
+            .lock()
+            .volumes
+            .get(&(namespace.to_string(), pod.to_string()))
+            .and_then(|v| v.get(volume))
+            .cloned()
     }
 
     /// API calls that failed unexpectedly (for failure messages).

@@ -3,7 +3,7 @@
 //! receives. One mutex and one condition variable, signalled on every change so that tests can
 //! wait on the executor's own state.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,6 +52,8 @@ pub struct ExecState {
     /// Images present on the node (`IfNotPresent` skips the pull).
     pub pulled: HashSet<String>,
     pub processes: Vec<ProcessInfo>,
+    /// Each running pod's volumes: (namespace, pod) → volume name → host path.
+    pub volumes: BTreeMap<(String, String), BTreeMap<String, PathBuf>>,
     pub memory: Vec<MemoryWatch>,
     /// API calls that failed unexpectedly, for diagnostics.
     pub errors: Vec<String>,

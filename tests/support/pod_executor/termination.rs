@@ -172,6 +172,8 @@ impl PodWorker {
     }
 
     fn clean_up(&mut self) {
+        let key = (self.ns.clone(), self.name.clone());
+        self.node.shared.update(|st| st.volumes.remove(&key));
         let _ = std::fs::remove_dir_all(&self.dirs.root);
     }
 }
