@@ -272,3 +272,19 @@ fn deleting_a_running_job_with_background_propagation_stops_its_pod() {
     assert_eq!(info.exit_code, Some(143), "sleep ends on SIGTERM");
     assert!(w.has_event(&name, "Killing", "Stopping container main"));
 }
+
+#[test]
+fn the_executor_rides_out_dropped_watches_and_compaction() {
+    let w = world();
+    w.wait("both watches open", |s| s.active_watches() >= 2);
+    w.sim.drop_watches();
+    w.sim
+        .put(job("first", json!([sh("main", "true")]), json!({})));
+    w.sim.compact();
+    w.sim.expire_watches();
+    w.sim
+        .put(job("second", json!([sh("main", "true")]), json!({})));
+    w.wait_job("first", "Complete");
+    w.wait_job("second", "Complete");
+    assert!(w.exec.errors().is_empty(), "{:?}", w.exec.errors());
+}
