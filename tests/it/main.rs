@@ -10,6 +10,7 @@ mod kube_client;
 mod kube_sim;
 mod kubectl;
 mod platform;
+mod pod_executor;
 mod render;
 mod runner;
 mod worker;

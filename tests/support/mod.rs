@@ -8,6 +8,7 @@ pub mod http_server;
 pub mod kube_sim;
 pub mod pki;
 pub mod platform_sim;
+pub mod pod_executor;
 pub mod proxy;
 pub mod task_pod;
 pub mod tools;

@@ -1,5 +1,6 @@
 //! Deletion through the API: preconditions, background/foreground/orphan propagation by the
-//! collector, dangling dependents, and namespace termination.
+//! collector, dangling dependents, and namespace termination; and the pod lifecycle around it:
+//! binding a pod to a node, graceful pod deletion.
 
 use serde_json::{Value, json};
 
@@ -198,4 +199,58 @@ fn graceful_pod_deletion_waits_for_the_kubelets_final_delete() {
     let (code, _) = api.delete(&format!("{PODS}/running?gracePeriodSeconds=0"), None);
     assert_eq!(code, 200);
     assert!(sim.get("pods", "default", "running").is_none());
+}
+
+#[test]
+fn binding_places_a_pod_once_and_never_a_deleting_one() {
+    let sim = KubeSim::start(KubeSimOptions {
+        graceful_pod_deletion: true,
+        ..KubeSimOptions::default()
+    });
+    let api = Api::admin(&sim);
+    api.post(PODS, &pod("p", json!({})));
+    let binding = |pod: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod,
+            "annotations": {"scheduled-by": "test"}}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+    };
+    let bindings = "/api/v1/namespaces/default/bindings";
+    let (code, answer) = api.post(bindings, &binding("p", "node-1"));
+    assert_eq!(
+        (code, answer["kind"].as_str(), answer["status"].as_str()),
+        (201, Some("Status"), Some("Success"))
+    );
+    let bound = sim.get("pods", "default", "p").expect("pod");
+    assert_eq!(bound["spec"]["nodeName"], "node-1");
+    assert_eq!(bound["metadata"]["annotations"]["scheduled-by"], "test");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    assert_eq!(bound["status"]["conditions"][0]["status"], "True");
+
+    let (code, again) = api.post(&format!("{PODS}/p/binding"), &binding("p", "node-2"));
+    assert_eq!(code, 409);
+    assert_eq!(
+        again["message"],
+        "Operation cannot be fulfilled on pods/binding \"p\": pod p is already assigned to node \"node-1\""
+    );
+    let (code, _) = api.post(bindings, &binding("nope", "node-1"));
+    assert_eq!(code, 404);
+    let (code, invalid) = api.post(
+        bindings,
+        &json!({"metadata": {"name": "p"}, "target": {"kind": "Pod"}}),
+    );
+    assert_eq!(code, 422, "{invalid}");
+
+    let mut finalized = pod("r", json!({}));
+    finalized["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(PODS, &finalized);
+    api.delete(&format!("{PODS}/r"), None);
+    let (code, deleting) = api.post(&format!("{PODS}/r/binding"), &binding("r", "node-1"));
+    assert_eq!(code, 409);
+    assert!(
+        deleting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is being deleted")),
+        "{deleting}"
+    );
+    let (code, _) = api.send("GET", bindings, None, None).expect("GET bindings");
+    assert_eq!(code, 405, "bindings can only be created");
 }

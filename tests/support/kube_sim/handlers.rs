@@ -396,3 +396,86 @@ pub fn delete_collection(
         "items": items,
     }))
 }
+
+/// POST of a Binding (`bindings`, or the `pods/{name}/binding` subresource the scheduler uses):
+/// sets the pod's `spec.nodeName` (no other write may), copies the Binding's annotations and adds
+/// the `PodScheduled=True` condition, as the apiserver's binding storage does. Answers a `Status`
+/// of Success (201). A pod being deleted or already bound gets 409.
+pub fn bind(
+    st: &mut State,
+    ns: &str,
+    pod_name: Option<&str>,
+    binding: Value,
+) -> Result<Value, ApiError> {
+    let name = pod_name
+        .or(binding["metadata"]["name"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let mut causes = Vec::new();
+    if name.is_empty() {
+        causes.push(status::Cause::required("metadata.name", ""));
+    }
+    let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
+    if node.is_empty() {
+        causes.push(status::Cause::required("target.name", ""));
+    }
+    let kind = binding["target"]["kind"].as_str().unwrap_or("");
+    if !kind.is_empty() && kind != "Node" {
+        causes.push(status::Cause::invalid(
+            "target.kind",
+            &json!(kind),
+            "must be empty or 'Node'",
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(status::invalid("", "Binding", &name, &causes));
+    }
+    let rt = st
+        .registry
+        .resolve("pods")
+        .cloned()
+        .expect("pods are a built-in resource");
+    let k = key(&rt, Some(ns), &name);
+    let mut pod = st
+        .store
+        .get(&k)
+        .cloned()
+        .ok_or_else(|| status::not_found("", "pods", &name))?;
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        return Err(status::conflict_because(
+            "",
+            "pods/binding",
+            &name,
+            &format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        return Err(status::conflict_because(
+            "",
+            "pods/binding",
+            &name,
+            &format!("pod {name} is already assigned to node {bound:?}"),
+        ));
+    }
+    pod["spec"]["nodeName"] = json!(node);
+    if let Some(notes) = binding["metadata"]["annotations"].as_object() {
+        for (k, v) in notes {
+            pod["metadata"]["annotations"][k] = v.clone();
+        }
+    }
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+        "lastTransitionTime": objects::now()});
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let conditions = pod["status"]["conditions"]
+        .as_array_mut()
+        .expect("conditions was just made an array");
+    conditions.retain(|c| c["type"] != "PodScheduled");
+    conditions.insert(0, scheduled);
+    st.write_update(k, pod);
+    Ok(
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "code": 201}),
+    )
+}

@@ -54,7 +54,7 @@ pub struct ResourceType {
     pub status: bool,
     /// Served from a CustomResourceDefinition.
     pub custom: bool,
-    /// Not stored: the review types answered from RBAC.
+    /// Not stored: the review types answered from RBAC, and Bindings (which change their pod).
     pub virtual_review: bool,
     /// Field selector labels beyond `metadata.name` and `metadata.namespace`.
     pub fields: Vec<String>,
@@ -166,6 +166,7 @@ const BUILTINS: &[Builtin] = &[
     b("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], false, &[]),
     b("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"], true, &[]),
     b("", "v1", "Service", "services", true, &["svc"], true, &[]),
+    b("", "v1", "Binding", "bindings", true, &[], false, &[]),
     b("apps", "v1", "Deployment", "deployments", true, &["deploy"], true, &[]),
     b("batch", "v1", "Job", "jobs", true, &[], true, &["status.successful"]),
     b("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[], false, &[]),
@@ -199,7 +200,8 @@ pub fn builtins() -> Vec<ResourceType> {
     BUILTINS
         .iter()
         .map(|t| {
-            let review = t.plural.ends_with("reviews");
+            // Reviews and bindings are create-only and never stored.
+            let review = t.plural.ends_with("reviews") || t.plural == "bindings";
             let mut verbs: Vec<String> = if review {
                 vec!["create".into()]
             } else {

@@ -362,6 +362,22 @@ fn run(
             return Err(rbac::forbidden(user, &attrs));
         }
     }
+    if rt.plural == "bindings"
+        || (rt.plural == "pods" && p.subresource.as_deref() == Some("binding"))
+    {
+        if req.method != "POST" {
+            return Err(status::method_not_allowed());
+        }
+        let body = parse_body(req, &rt)?;
+        let ns = p.namespace.as_deref().unwrap_or("default");
+        let pod = if rt.plural == "pods" {
+            p.name.as_deref()
+        } else {
+            None
+        };
+        let mut st = shared.lock();
+        return handlers::bind(&mut st, ns, pod, body).map(|v| Some((201, v)));
+    }
     let scope = match p.subresource.as_deref() {
         None => Scope::Main,
         Some("status") if rt.status => Scope::Status,
