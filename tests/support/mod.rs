@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod e2e;
 pub mod http_server;
 pub mod kube_sim;
 pub mod pki;
