@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 pub use proxy::{NoProxy, ProxySettings, Route};
 pub use retry::{Backoff, RetryPolicy, Retryable, Verdict};
-pub use tls::{CaSource, ClientIdentity, TlsError};
+pub use tls::{CaSource, ClientIdentity, ClientIdentityPem, TlsError};
 
 /// Default time to establish a connection, TLS included.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +38,9 @@ pub struct HttpOptions {
     pub ca: Option<CaSource>,
     /// Presented when the server asks for a client certificate.
     pub client_identity: Option<ClientIdentity>,
+    /// A client certificate given as PEM bytes (kubeconfig `*-data`); exclusive with
+    /// `client_identity`.
+    pub client_identity_pem: Option<ClientIdentityPem>,
     /// Skips server verification (kubeconfig `insecure-skip-tls-verify` only).
     pub insecure_skip_verify: bool,
     /// Proxies and exceptions.
@@ -52,6 +55,7 @@ impl Default for HttpOptions {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             ca: None,
             client_identity: None,
+            client_identity_pem: None,
             insecure_skip_verify: false,
             proxy: ProxySettings::default(),
         }
@@ -290,12 +294,20 @@ impl HttpClient {
             }
             None => ureq::tls::RootCerts::WebPki,
         };
-        let client_cert = match &options.client_identity {
-            Some(identity) => Some(identity.load().map_err(|e| HttpError::Setup {
-                what: "client certificate".into(),
-                detail: e.to_string(),
-            })?),
-            None => None,
+        let cert_error = |e: TlsError| HttpError::Setup {
+            what: "client certificate".into(),
+            detail: e.to_string(),
+        };
+        let client_cert = match (&options.client_identity, &options.client_identity_pem) {
+            (Some(_), Some(_)) => {
+                return Err(HttpError::Setup {
+                    what: "client certificate".into(),
+                    detail: "given both as files and as PEM data; give one".into(),
+                });
+            }
+            (Some(identity), None) => Some(identity.load().map_err(cert_error)?),
+            (None, Some(identity)) => Some(identity.load().map_err(cert_error)?),
+            (None, None) => None,
         };
         let tls = ureq::tls::TlsConfig::builder()
             .provider(ureq::tls::TlsProvider::Rustls)

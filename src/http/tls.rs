@@ -23,6 +23,28 @@ pub struct ClientIdentity {
     pub key_file: std::path::PathBuf,
 }
 
+/// A client certificate chain and its key given as PEM bytes rather than files (kubeconfig
+/// `client-certificate-data` / `client-key-data`). `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentityPem {
+    /// The certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// Where the bytes came from, for error messages (e.g. `kubeconfig user "ci"`).
+    pub origin: String,
+}
+
+impl std::fmt::Debug for ClientIdentityPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentityPem")
+            .field("origin", &self.origin)
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .field("key_pem", &crate::secret::MASK)
+            .finish()
+    }
+}
+
 /// Why TLS material could not be loaded.
 #[derive(Debug)]
 pub enum TlsError {
@@ -138,32 +160,53 @@ impl ClientIdentity {
         let cert_pem = read("client certificate", &self.cert_file)?;
         let key_pem = read("client key", &self.key_file)?;
         let origin = |p: &std::path::Path| p.display().to_string();
-        let mut chain = Vec::new();
-        for item in ureq::tls::parse_pem(&cert_pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => chain.push(cert),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(TlsError::BadPem {
-                        what: "client certificate",
-                        origin: origin(&self.cert_file),
-                        detail: e.to_string(),
-                    });
-                }
+        identity_from_pem(
+            &cert_pem,
+            &key_pem,
+            &origin(&self.cert_file),
+            &origin(&self.key_file),
+        )
+    }
+}
+
+impl ClientIdentityPem {
+    /// Parses the chain and key for ureq.
+    pub fn load(&self) -> Result<ureq::tls::ClientCert, TlsError> {
+        identity_from_pem(&self.cert_pem, &self.key_pem, &self.origin, &self.origin)
+    }
+}
+
+fn identity_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_origin: &str,
+    key_origin: &str,
+) -> Result<ureq::tls::ClientCert, TlsError> {
+    let mut chain = Vec::new();
+    for item in ureq::tls::parse_pem(cert_pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => chain.push(cert),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(TlsError::BadPem {
+                    what: "client certificate",
+                    origin: cert_origin.to_string(),
+                    detail: e.to_string(),
+                });
             }
         }
-        if chain.is_empty() {
-            return Err(TlsError::NoPem {
-                what: "client certificate",
-                origin: origin(&self.cert_file),
-            });
-        }
-        let key = ureq::tls::PrivateKey::from_pem(&key_pem).map_err(|_| TlsError::NoPem {
-            what: "client key",
-            origin: origin(&self.key_file),
-        })?;
-        Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
     }
+    if chain.is_empty() {
+        return Err(TlsError::NoPem {
+            what: "client certificate",
+            origin: cert_origin.to_string(),
+        });
+    }
+    let key = ureq::tls::PrivateKey::from_pem(key_pem).map_err(|_| TlsError::NoPem {
+        what: "client key",
+        origin: key_origin.to_string(),
+    })?;
+    Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
 }
 
 #[cfg(test)]

@@ -6,7 +6,13 @@ mod support;
 mod chart;
 mod cli;
 mod http;
+<<<<<<< HEAD
 mod platform;
 mod render;
 mod runner;
 mod worker_parts;
+=======
+mod kube_client;
+mod kube_sim;
+mod kubectl;
+>>>>>>> kubeclient

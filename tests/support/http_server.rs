@@ -314,6 +314,21 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
         Ok(p) => p,
         Err(_) => return,
     };
+    // The accept loop keeps a clone of every stream (for `drop_all_connections`), so dropping ours
+    // would not close the socket: shut it down when serving ends (a dropped call, a cut watch).
+    let closer = stream.try_clone();
+    serve_stream(stream, peer, tls, &handler);
+    if let Ok(c) = closer {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: &Handler,
+) {
     match tls {
         None => {
             let Ok(read_half) = stream.try_clone() else {
@@ -321,10 +336,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             };
             let mut reader = BufReader::new(read_half);
             let mut writer = stream;
-            serve_requests(&mut reader, &mut writer, peer, None, &handler);
-            // The accept loop keeps a clone for `drop_all_connections`: close explicitly, or a
-            // dropped connection would stay open until the server stops.
-            let _ = writer.shutdown(std::net::Shutdown::Both);
+            serve_requests(&mut reader, &mut writer, peer, None, handler);
         }
         Some(config) => {
             let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -345,10 +357,7 @@ fn serve_connection(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, h
             let shared = SharedTls(Arc::new(Mutex::new(tls_stream)));
             let mut reader = BufReader::new(shared.clone());
             let mut writer = shared;
-            serve_requests(&mut reader, &mut writer, peer, client_cert, &handler);
-            if let Ok(tls) = writer.0.lock() {
-                let _ = tls.sock.shutdown(std::net::Shutdown::Both);
-            }
+            serve_requests(&mut reader, &mut writer, peer, client_cert, handler);
         }
     }
 }

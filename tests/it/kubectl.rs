@@ -1,0 +1,1 @@
+//! Real kubectl and helm against the simulator (in progress).
