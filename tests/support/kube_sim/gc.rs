@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::objects::{self, CRD_FINALIZER};
+use super::defaults::CRD_FINALIZER;
+use super::objects;
 use super::resources::{Propagation, ResourceType};
 use super::state::{CRD_GR, Shared, State};
 use super::status::{self, ApiError};
@@ -188,91 +189,75 @@ enum Owner {
     Deleting,
 }
 
-fn remove_finalizer(st: &mut State, key: &ObjKey, obj: &Value, finalizer: &str) {
-    let mut obj = obj.clone();
-    let fins: Vec<String> = finalizers(&obj)
-        .into_iter()
-        .filter(|f| f != finalizer)
-        .collect();
-    let empty = fins.is_empty();
-    obj["metadata"]["finalizers"] = json!(fins);
-    if empty {
-        if let Some(m) = obj["metadata"].as_object_mut() {
-            m.remove("finalizers");
-        }
-    }
-    st.write_update(key.clone(), obj);
-    let namespace_held = key.0 == "namespaces";
-    if empty && !namespace_held {
-        st.write_remove(key);
+/// A change the collector decided on.
+#[derive(Debug)]
+enum Action {
+    /// Delete with this propagation (a doomed dependent, a Terminating namespace's content).
+    Delete(ObjKey, Propagation),
+    /// Replace the ownerReferences (dangling or orphaning owners dropped).
+    SetOwners(ObjKey, Vec<Value>),
+    /// Remove one finalizer; the object goes if it was the last.
+    RemoveFinalizer(ObjKey, &'static str),
+    /// Remove the object (an emptied namespace).
+    Remove(ObjKey),
+}
+
+fn owner_state(owner: &Value) -> Owner {
+    let fins = finalizers(owner);
+    if !deleting(owner) {
+        Owner::Live
+    } else if fins.iter().any(|f| f == FOREGROUND) {
+        Owner::Foreground
+    } else if fins.iter().any(|f| f == ORPHAN) {
+        Owner::Orphaning
+    } else {
+        Owner::Deleting
     }
 }
 
-fn delete_quietly(st: &mut State, key: &ObjKey, policy: Propagation, graceful_pods: bool) -> bool {
-    let Some(rt) = st.registry.by_gr(&key.0).cloned() else {
-        return st.write_remove(key).is_some();
-    };
-    let opts = DeleteOptions {
-        propagation: Some(policy),
-        ..DeleteOptions::default()
-    };
-    let before = st.store.rv();
-    let _ = delete_object(st, &rt, &rt.versions[0].clone(), key, &opts, graceful_pods);
-    st.store.rv() != before
-}
-
-/// One collection pass; true when it wrote something (run again until it does not).
-pub fn collect(st: &mut State, graceful_pods: bool) -> bool {
-    let objects: Vec<(ObjKey, Value)> = st
-        .store
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let by_uid: HashMap<&str, (&ObjKey, &Value)> = objects
+/// What the collector would do now, computed without writing (first the dependents, then the
+/// objects waiting on finalizers).
+fn plan(st: &State) -> Vec<Action> {
+    let store = &st.store;
+    let by_uid: HashMap<&str, (&ObjKey, &Value)> = store
         .iter()
         .filter_map(|(k, v)| v["metadata"]["uid"].as_str().map(|u| (u, (k, v))))
         .collect();
-    let mut changed = false;
-
-    // Dependents of absent or departing owners.
-    for (key, obj) in &objects {
+    let mut actions = Vec::new();
+    // Dependents of absent or departing owners; and who depends on whom, for the second step.
+    let mut dependents: HashMap<&str, Vec<bool>> = HashMap::new();
+    for (key, obj) in store.iter() {
         let Some(refs) = obj["metadata"]["ownerReferences"].as_array() else {
             continue;
         };
+        for r in refs {
+            if let Some(uid) = r["uid"].as_str() {
+                let blocking = r["blockOwnerDeletion"].as_bool() == Some(true);
+                dependents.entry(uid).or_default().push(blocking);
+            }
+        }
         if refs.is_empty() || deleting(obj) {
             continue;
         }
         let states: Vec<Owner> = refs
             .iter()
-            .map(|r| {
-                let uid = r["uid"].as_str().unwrap_or("");
-                match by_uid.get(uid) {
-                    Some((owner_key, owner)) if owner_key.1.is_empty() || owner_key.1 == key.1 => {
-                        let fins = finalizers(owner);
-                        if !deleting(owner) {
-                            Owner::Live
-                        } else if fins.iter().any(|f| f == FOREGROUND) {
-                            Owner::Foreground
-                        } else if fins.iter().any(|f| f == ORPHAN) {
-                            Owner::Orphaning
-                        } else {
-                            Owner::Deleting
-                        }
-                    }
-                    _ => Owner::Absent,
+            .map(|r| match by_uid.get(r["uid"].as_str().unwrap_or("")) {
+                Some((owner_key, owner)) if owner_key.1.is_empty() || owner_key.1 == key.1 => {
+                    owner_state(owner)
                 }
+                _ => Owner::Absent,
             })
             .collect();
-        let doomed = states
+        if states
             .iter()
-            .all(|s| matches!(s, Owner::Absent | Owner::Foreground));
-        if doomed {
+            .all(|s| matches!(s, Owner::Absent | Owner::Foreground))
+        {
             let policy = if states.contains(&Owner::Foreground) {
                 Propagation::Foreground
             } else {
                 Propagation::Background
             };
-            changed |= delete_quietly(st, key, policy, graceful_pods);
+            actions.push(Action::Delete(key.clone(), policy));
             continue;
         }
         let keep: Vec<Value> = refs
@@ -282,89 +267,139 @@ pub fn collect(st: &mut State, graceful_pods: bool) -> bool {
             .map(|(r, _)| r.clone())
             .collect();
         if keep.len() != refs.len() {
-            let mut updated = obj.clone();
-            updated["metadata"]["ownerReferences"] = json!(keep);
-            st.write_update(key.clone(), updated);
-            changed = true;
+            actions.push(Action::SetOwners(key.clone(), keep));
         }
     }
-    if changed {
-        return true;
+    if !actions.is_empty() {
+        return actions;
     }
-
     // Owners, namespaces and CRDs waiting on their finalizers.
-    for (key, obj) in &objects {
-        if !deleting(obj) {
-            continue;
-        }
+    for (key, obj) in store.iter().filter(|(_, o)| deleting(o)) {
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
-        let dependents: Vec<&Value> = objects
-            .iter()
-            .filter(|(_, d)| {
-                d["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-            })
-            .map(|(_, d)| d)
-            .collect();
+        let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or(&[]);
         let fins = finalizers(obj);
-        if fins.iter().any(|f| f == ORPHAN) && dependents.is_empty() {
-            remove_finalizer(st, key, obj, ORPHAN);
-            return true;
+        if fins.iter().any(|f| f == ORPHAN) && deps.is_empty() {
+            return vec![Action::RemoveFinalizer(key.clone(), ORPHAN)];
         }
-        let blocking = dependents.iter().any(|d| {
-            d["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["uid"] == uid && r["blockOwnerDeletion"].as_bool() == Some(true))
-        });
-        if fins.iter().any(|f| f == FOREGROUND) && !blocking {
-            remove_finalizer(st, key, obj, FOREGROUND);
-            return true;
+        if fins.iter().any(|f| f == FOREGROUND) && !deps.iter().any(|b| *b) {
+            return vec![Action::RemoveFinalizer(key.clone(), FOREGROUND)];
         }
-        if key.0 == "namespaces" {
-            let ns = key.2.clone();
-            let contents: Vec<(ObjKey, bool)> = objects
+        let contents: Vec<(ObjKey, bool)> = if key.0 == "namespaces" {
+            store
                 .iter()
-                .filter(|(k, _)| k.1 == ns)
+                .filter(|(k, _)| k.1 == key.2)
                 .map(|(k, o)| (k.clone(), deleting(o)))
-                .collect();
-            if contents.is_empty() {
-                st.write_remove(key);
-                return true;
-            }
-            for (k, already) in contents {
-                if !already {
-                    changed |= delete_quietly(st, &k, Propagation::Background, graceful_pods);
+                .collect()
+        } else if key.0 == CRD_GR && fins.iter().any(|f| f == CRD_FINALIZER) {
+            store
+                .list(&key.2, None)
+                .map(|(k, o)| (k.clone(), deleting(o)))
+                .collect()
+        } else {
+            continue;
+        };
+        if contents.is_empty() {
+            return vec![if key.0 == "namespaces" {
+                Action::Remove(key.clone())
+            } else {
+                Action::RemoveFinalizer(key.clone(), CRD_FINALIZER)
+            }];
+        }
+        let doomed: Vec<Action> = contents
+            .into_iter()
+            .filter(|(_, already)| !already)
+            .map(|(k, _)| Action::Delete(k, Propagation::Background))
+            .collect();
+        if !doomed.is_empty() {
+            return doomed;
+        }
+    }
+    Vec::new()
+}
+
+fn remove_finalizer(st: &mut State, key: &ObjKey, finalizer: &str) {
+    let Some(mut obj) = st.store.get(key).cloned() else {
+        return;
+    };
+    let fins: Vec<String> = finalizers(&obj)
+        .into_iter()
+        .filter(|f| f != finalizer)
+        .collect();
+    let empty = fins.is_empty();
+    obj["metadata"]["finalizers"] = json!(fins);
+    if empty && let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("finalizers");
+    }
+    st.write_update(key.clone(), obj);
+    let namespace_held = key.0 == "namespaces";
+    if empty && !namespace_held {
+        st.write_remove(key);
+    }
+}
+
+fn delete_quietly(st: &mut State, key: &ObjKey, policy: Propagation, graceful_pods: bool) {
+    let Some(rt) = st.registry.by_gr(&key.0).cloned() else {
+        st.write_remove(key);
+        return;
+    };
+    let opts = DeleteOptions {
+        propagation: Some(policy),
+        ..DeleteOptions::default()
+    };
+    let _ = delete_object(st, &rt, &rt.versions[0].clone(), key, &opts, graceful_pods);
+}
+
+/// One collection pass; true when it changed something (run again until it does not).
+pub fn collect(st: &mut State, graceful_pods: bool) -> bool {
+    let before = st.store.rv();
+    for action in plan(st) {
+        match action {
+            Action::Delete(key, policy) => delete_quietly(st, &key, policy, graceful_pods),
+            Action::SetOwners(key, refs) => {
+                if let Some(mut obj) = st.store.get(&key).cloned() {
+                    obj["metadata"]["ownerReferences"] = json!(refs);
+                    st.write_update(key, obj);
                 }
             }
-            if changed {
-                return true;
-            }
-        }
-        if key.0 == CRD_GR && fins.iter().any(|f| f == CRD_FINALIZER) {
-            let gr = key.2.clone();
-            let instances: Vec<(ObjKey, bool)> = objects
-                .iter()
-                .filter(|(k, _)| k.0 == gr)
-                .map(|(k, o)| (k.clone(), deleting(o)))
-                .collect();
-            if instances.is_empty() {
-                remove_finalizer(st, key, obj, CRD_FINALIZER);
-                return true;
-            }
-            for (k, already) in instances {
-                if !already {
-                    changed |= delete_quietly(st, &k, Propagation::Background, graceful_pods);
-                }
-            }
-            if changed {
-                return true;
+            Action::RemoveFinalizer(key, finalizer) => remove_finalizer(st, &key, finalizer),
+            Action::Remove(key) => {
+                st.write_remove(&key);
             }
         }
     }
-    changed
+    st.store.rv() != before
+}
+
+/// Whether the writes after `seen` can give the collector work: deletes, objects being deleted,
+/// objects whose owners are not all live. Plain writes and dependents of live owners (most
+/// traffic) cannot, and skip the full pass.
+fn relevant_since(st: &State, seen: u64) -> bool {
+    let owner_live = |dependent_ns: &str, r: &Value| -> bool {
+        let api_version = r["apiVersion"].as_str().unwrap_or("");
+        let kind = r["kind"].as_str().unwrap_or("");
+        let Some(rt) = st.registry.by_kind(api_version, kind) else {
+            return false;
+        };
+        let ns = if rt.namespaced { dependent_ns } else { "" };
+        let key = (
+            rt.gr(),
+            ns.to_string(),
+            r["name"].as_str().unwrap_or("").to_string(),
+        );
+        st.store
+            .get(&key)
+            .is_some_and(|o| o["metadata"]["uid"] == r["uid"] && !deleting(o))
+    };
+    match st.store.events_after(seen) {
+        Err(_) => true,
+        Ok(mut events) => events.any(|e| {
+            e.kind == super::store::EventType::Deleted
+                || deleting(&e.object)
+                || e.object["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| !owner_live(&e.key.1, r)))
+        }),
+    }
 }
 
 /// The collector thread: a pass after every change until the simulator stops.
@@ -378,15 +413,19 @@ pub fn run(shared: Arc<Shared>) {
         }
         let rv = st.store.rv();
         if rv != seen {
-            let mut passes = 0;
-            while passes < 1000 && collect(&mut st, graceful) {
-                passes += 1;
+            let work = seen == u64::MAX || relevant_since(&st, seen);
+            seen = rv;
+            if work {
+                let mut passes = 0;
+                while passes < 1000 && collect(&mut st, graceful) {
+                    passes += 1;
+                }
+                seen = st.store.rv();
+                if seen != rv {
+                    shared.notify();
+                }
+                continue;
             }
-            seen = st.store.rv();
-            if seen != rv {
-                shared.notify();
-            }
-            continue;
         }
         st = shared.wait(st, Duration::from_secs(5));
     }

@@ -16,11 +16,13 @@
 
 #![allow(dead_code)]
 
+pub mod defaults;
 pub mod discovery;
 pub mod faults;
 pub mod gc;
 pub mod handlers;
 pub mod objects;
+pub mod openapi;
 pub mod patch;
 pub mod proto;
 pub mod rbac;

@@ -20,6 +20,10 @@ pub enum Route {
     GroupVersion(String, String),
     /// `/healthz`, `/livez`, `/readyz`
     Health,
+    /// `/openapi/v3`
+    OpenApiIndex,
+    /// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`
+    OpenApi(String, String),
     Resource(ResourcePath),
     /// A group-version we serve but a resource we do not.
     NoResource,
@@ -54,6 +58,13 @@ pub fn route(path: &str, registry: &Registry) -> Route {
     match s.as_slice() {
         ["version"] => Route::Version,
         ["healthz" | "livez" | "readyz", ..] => Route::Health,
+        ["openapi", "v3"] => Route::OpenApiIndex,
+        ["openapi", "v3", "api", "v1"] => Route::OpenApi(String::new(), "v1".into()),
+        ["openapi", "v3", "apis", group, version]
+            if registry.serves_group_version(group, version) =>
+        {
+            Route::OpenApi(group.to_string(), version.to_string())
+        }
         ["api"] => Route::CoreVersions,
         ["api", "v1"] => Route::GroupVersion(String::new(), "v1".into()),
         ["api", "v1", rest @ ..] => resource("", "v1", rest, registry),
@@ -277,6 +288,12 @@ mod tests {
             ("/apis/batch/v2/jobs", Route::Unknown),
             ("/apis/scalr.io/v1/things", Route::Unknown),
             ("/openapi/v2", Route::Unknown),
+            ("/openapi/v3", Route::OpenApiIndex),
+            (
+                "/openapi/v3/apis/batch/v1",
+                Route::OpenApi("batch".into(), "v1".into()),
+            ),
+            ("/openapi/v3/apis/scalr.io/v1", Route::Unknown),
         ];
         for (path, want) in cases {
             assert_eq!(route(path, &r), want, "{path}");

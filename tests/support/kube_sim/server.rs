@@ -13,6 +13,7 @@ use super::discovery;
 use super::faults::FaultAction;
 use super::gc::{self, DeleteOptions};
 use super::handlers::{self, Scope};
+use super::openapi;
 use super::proto;
 use super::rbac::{self, Attributes, UserInfo};
 use super::resources::ResourceType;
@@ -178,11 +179,13 @@ pub fn handle(shared: &Arc<Shared>, req: &HttpRequest, out: &mut Responder<'_>) 
         match &route {
             Route::Version => Some(discovery::version(&shared.options.server_version)),
             Route::CoreVersions => Some(discovery::core_versions(
-                &req.header("host").unwrap_or("127.0.0.1").to_string(),
+                req.header("host").unwrap_or("127.0.0.1"),
             )),
             Route::Groups => Some(discovery::groups(&st.registry)),
             Route::Group(g) => discovery::group(&st.registry, g),
             Route::GroupVersion(g, v) => Some(discovery::resource_list(&st.registry, g, v)),
+            Route::OpenApiIndex => Some(openapi::index(&st.registry)),
+            Route::OpenApi(g, v) => openapi::group_version(&st.registry, g, v),
             _ => None,
         }
     };
@@ -202,7 +205,9 @@ pub fn handle(shared: &Arc<Shared>, req: &HttpRequest, out: &mut Responder<'_>) 
         | Route::CoreVersions
         | Route::Groups
         | Route::Group(_)
-        | Route::GroupVersion(..) => {
+        | Route::GroupVersion(..)
+        | Route::OpenApiIndex
+        | Route::OpenApi(..) => {
             if req.method != "GET" && req.method != "HEAD" {
                 return send_error(out, &mut journal, &status::method_not_allowed());
             }
@@ -263,6 +268,32 @@ fn parse_body(req: &HttpRequest, rt: &ResourceType) -> Result<Value, ApiError> {
             rt.kind
         ))
     })
+}
+
+/// `fieldValidation=Strict`: undeclared top-level or metadata fields are a 400, as strict decoding
+/// makes them. `Warn` and `Ignore` accept them (warnings are not modelled).
+fn strict_fields(
+    req: &HttpRequest,
+    rt: &ResourceType,
+    version: &str,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    if req.query_param("fieldValidation").as_deref() != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = super::validate::unknown_fields(&rt.plural, rt.custom, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(status::bad_request(format!(
+        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+        fields.join(", "),
+        kind = rt.kind
+    )))
 }
 
 fn dry_run(req: &HttpRequest) -> Result<bool, ApiError> {
@@ -390,6 +421,7 @@ fn run(
         }
         ("POST", None) => {
             let body = parse_body(req, &rt)?;
+            strict_fields(req, &rt, &version, &body)?;
             let dry = dry_run(req)?;
             let mut st = shared.lock();
             handlers::create(&mut st, &rt, &version, ns, body, Scope::Main, dry)
@@ -397,6 +429,7 @@ fn run(
         }
         ("PUT", Some(name)) => {
             let body = parse_body(req, &rt)?;
+            strict_fields(req, &rt, &version, &body)?;
             let dry = dry_run(req)?;
             let mut st = shared.lock();
             handlers::update(&mut st, &rt, &version, ns, name, body, scope, dry)
@@ -404,6 +437,11 @@ fn run(
         }
         ("PATCH", Some(name)) => {
             let dry = dry_run(req)?;
+            if let Ok(doc) = serde_json::from_slice::<Value>(&req.body)
+                && doc.is_object()
+            {
+                strict_fields(req, &rt, &version, &doc)?;
+            }
             let ct = req.header("content-type").unwrap_or("").to_string();
             let mut st = shared.lock();
             handlers::patch(&mut st, &rt, &version, ns, name, &ct, &req.body, scope, dry)

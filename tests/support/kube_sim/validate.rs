@@ -386,9 +386,187 @@ fn crd(obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Fields of `plural` that an update may not change (a 422 cause each).
+pub fn immutable_fields(plural: &str, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let immutable = |field: &str, a: &Value, b: &Value, causes: &mut Vec<Cause>| {
+        if a != b {
+            causes.push(Cause::invalid(field, b, "field is immutable"));
+        }
+    };
+    match plural {
+        "jobs" => {
+            immutable(
+                "spec.selector",
+                &old["spec"]["selector"],
+                &new["spec"]["selector"],
+                &mut causes,
+            );
+            if new["spec"]["suspend"].as_bool() != Some(true) {
+                immutable(
+                    "spec.template",
+                    &old["spec"]["template"],
+                    &new["spec"]["template"],
+                    &mut causes,
+                );
+            }
+            immutable(
+                "spec.completionMode",
+                &old["spec"]["completionMode"],
+                &new["spec"]["completionMode"],
+                &mut causes,
+            );
+        }
+        "deployments" => {
+            immutable(
+                "spec.selector",
+                &old["spec"]["selector"],
+                &new["spec"]["selector"],
+                &mut causes,
+            );
+        }
+        "secrets" | "configmaps" if old["immutable"].as_bool() == Some(true) => {
+            for field in ["data", "binaryData", "immutable"] {
+                if old[field] != new[field] {
+                    causes.push(Cause::forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        "pods" => {
+            let mutable_only = |v: &Value| {
+                let mut s = v["spec"].clone();
+                for list in ["containers", "initContainers"] {
+                    for c in s[list].as_array_mut().into_iter().flatten() {
+                        c["image"] = Value::Null;
+                    }
+                }
+                for f in [
+                    "activeDeadlineSeconds",
+                    "tolerations",
+                    "terminationGracePeriodSeconds",
+                ] {
+                    if let Some(m) = s.as_object_mut() {
+                        m.remove(f);
+                    }
+                }
+                s
+            };
+            if mutable_only(old) != mutable_only(new) {
+                causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+            }
+        }
+        "customresourcedefinitions" => {
+            immutable(
+                "spec.group",
+                &old["spec"]["group"],
+                &new["spec"]["group"],
+                &mut causes,
+            );
+            immutable(
+                "spec.names.plural",
+                &old["spec"]["names"]["plural"],
+                &new["spec"]["names"]["plural"],
+                &mut causes,
+            );
+        }
+        _ => {}
+    }
+    causes
+}
+
+const META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Top-level and `metadata` fields of `obj` that kind `plural` does not declare, as strict
+/// decoding names them (`dataa`, `metadata.nmae`). Custom resources: `metadata` only (their
+/// schemas are not modelled).
+pub fn unknown_fields(plural: &str, custom: bool, obj: &Value) -> Vec<String> {
+    let own: &[&str] = match plural {
+        "configmaps" => &["data", "binaryData", "immutable"],
+        "secrets" => &["data", "stringData", "type", "immutable"],
+        "serviceaccounts" => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        "roles" => &["rules"],
+        "clusterroles" => &["rules", "aggregationRule"],
+        "rolebindings" | "clusterrolebindings" => &["roleRef", "subjects"],
+        "events" => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
+        _ => &["spec", "status"],
+    };
+    let mut out = Vec::new();
+    if let Some(m) = obj.as_object()
+        && !custom
+    {
+        for k in m.keys() {
+            let declared = matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                || own.contains(&k.as_str());
+            if !declared && !k.starts_with('$') {
+                out.push(k.clone());
+            }
+        }
+    }
+    if let Some(meta) = obj["metadata"].as_object() {
+        for k in meta.keys() {
+            if !META_FIELDS.contains(&k.as_str()) && !k.starts_with('$') {
+                out.push(format!("metadata.{k}"));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_decoding_names_undeclared_fields() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "lables": {}},
+            "data": {}, "dataa": {}});
+        assert_eq!(
+            unknown_fields("configmaps", false, &cm),
+            vec!["dataa", "metadata.lables"]
+        );
+        let job = json!({"kind": "Job", "metadata": {"name": "j"}, "spec": {}, "status": {}});
+        assert!(unknown_fields("jobs", false, &job).is_empty());
+        let cr = json!({"kind": "X", "metadata": {"name": "x"}, "anything": 1});
+        assert!(unknown_fields("xs", true, &cr).is_empty());
+    }
 
     #[test]
     fn names_and_labels() {

@@ -1,1 +1,0 @@
-//! Real kubectl and helm against the simulator (in progress).
