@@ -7,12 +7,9 @@ pub mod check;
 pub mod config;
 pub mod controller;
 pub mod http;
-<<<<<<< HEAD
 pub mod install;
 pub mod ipc;
-=======
 pub mod kube;
->>>>>>> kubeclient
 pub mod logging;
 pub mod model;
 pub mod permissions;

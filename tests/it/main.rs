@@ -6,13 +6,10 @@ mod support;
 mod chart;
 mod cli;
 mod http;
-<<<<<<< HEAD
+mod kube_client;
+mod kube_sim;
+mod kubectl;
 mod platform;
 mod render;
 mod runner;
 mod worker_parts;
-=======
-mod kube_client;
-mod kube_sim;
-mod kubectl;
->>>>>>> kubeclient
