@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use scalr_agent::config::{ConfigErrors, Flags, Settings, vars};
+use scalr_agent::controller::cmd::ControllerCmd;
 use scalr_agent::controller::render::{self, RenderCmd, RenderContext};
 use scalr_agent::{install, probe, runner};
 
@@ -60,6 +61,7 @@ enum Command {
     ExecLoop(runner::ExecLoopArgs),
     Probe(probe::ProbeArgs),
     Render(RenderCmd),
+    Controller(ControllerCmd),
 }
 
 /// Print the version, git commit, target and whether the binary is static.
@@ -167,6 +169,7 @@ fn main() -> ExitCode {
             },
             Err(errors) => config_failure(&errors),
         },
+        Command::Controller(_) => ExitCode::from(scalr_agent::controller::cmd::main(&settings)),
         Command::Render(cmd) => {
             let settings = settings.ok();
             let ctx = RenderContext {
