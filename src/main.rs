@@ -175,6 +175,7 @@ fn main() -> ExitCode {
             let ctx = RenderContext {
                 namespace: settings.as_ref().and_then(|s| s.namespace.clone()),
                 controller_id: settings.as_ref().map(|s| s.name.clone()),
+                task_template: settings.as_ref().map(|s| s.task_template.clone()),
             };
             match render::run(&cmd, &ctx) {
                 Ok(rendered) => {

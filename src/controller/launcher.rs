@@ -228,6 +228,19 @@ impl Launcher {
             launched.job_name,
             identity.attempt
         );
+        let job_ref = JobRef {
+            name: launched.job_name.clone(),
+            uid: launched.job_uid.clone(),
+        };
+        self.events.record(
+            &job_ref,
+            EventType::Normal,
+            reason::LAUNCHED,
+            &format!(
+                "{identity}, attempt {}, launched by controller {}",
+                identity.attempt, self.context.controller_id
+            ),
+        );
         let _ = self
             .supervisor
             .send(SupervisorInput::Launched(launched.clone()));
@@ -292,19 +305,6 @@ impl Launcher {
                 );
             }
         }
-        let job_ref = JobRef {
-            name: job_name.clone(),
-            uid: job_uid.clone(),
-        };
-        self.events.record(
-            &job_ref,
-            EventType::Normal,
-            reason::LAUNCHED,
-            &format!(
-                "{identity}, attempt {}, launched by controller {}",
-                identity.attempt, self.context.controller_id
-            ),
-        );
         Ok(TaskLaunched {
             identity: identity.clone(),
             job_name,

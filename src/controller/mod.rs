@@ -232,6 +232,8 @@ pub fn run(
         let supervisor = Supervisor::new(
             SupervisorConfig {
                 force_cancel_deadline: options.timing.force_cancel_deadline,
+                events_refresh: options.timing.events_refresh,
+                pod_expected_after: options.timing.pod_expected_after,
                 ..SupervisorConfig::new(&name, options.timing.supervision.clone())
             },
             cluster_fast,

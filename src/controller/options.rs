@@ -52,6 +52,11 @@ pub struct Timing {
     pub supervision: SupervisionSettings,
     /// After a force cancel of a started task, how long its Job may live (60 s).
     pub force_cancel_deadline: Duration,
+    /// Least time between two reads of a task's Events (10 s); a Job without a pod is re-read this
+    /// often.
+    pub events_refresh: Duration,
+    /// How long a Job may be without a pod before its Events are read (5 s).
+    pub pod_expected_after: Duration,
     /// Lease renewal tick (10 s).
     pub housekeeping_tick: Duration,
     /// Lease duration (60 s).
@@ -82,6 +87,8 @@ impl Default for Timing {
         Timing {
             supervision: SupervisionSettings::default(),
             force_cancel_deadline: Duration::from_secs(60),
+            events_refresh: Duration::from_secs(10),
+            pod_expected_after: Duration::from_secs(5),
             housekeeping_tick: Duration::from_secs(10),
             lease_duration: lease::DEFAULT_DURATION,
             scan_interval: Duration::from_secs(30),

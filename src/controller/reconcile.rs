@@ -8,9 +8,10 @@
 //! - A held task with a cancel requested and no Job is confirmed at once ([`Plan::confirm_cancel`]).
 //! - A Job of this controller whose task is not held at its attempt is looked up one by one
 //!   ([`Plan::check`]): re-offered, finished or canceled tasks' Jobs go, unless the worker started.
-//! - A credentials Secret without an owner, older than a grace period, gets its Job as owner if the
-//!   Job of that task and attempt exists, else is deleted ([`orphan_secrets`]): a token never
-//!   outlives its Job for long, whatever crash came between the Secret and the Job.
+//! - A credentials Secret without an owner gets its Job as owner if the Job of that task and attempt
+//!   exists; else, once older than a grace period (a launch may be between its Secret and its Job),
+//!   it is deleted ([`orphan_secrets`]): a token never outlives its Job for long, whatever crash came
+//!   between the Secret and the Job.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -100,8 +101,9 @@ pub enum SecretAction {
     Delete { secret: String, uid: String },
 }
 
-/// The ownerless credentials Secrets older than `grace` that this controller should handle: its
-/// own, or those of controllers without a live Lease (`live`).
+/// What to do about the ownerless credentials Secrets this controller should handle (its own, or
+/// those of controllers without a live Lease, `live`): own them by their Job, or delete them once
+/// older than `grace`.
 pub fn orphan_secrets(
     secrets: &[K8sSecret],
     jobs: &[Job],
@@ -133,7 +135,7 @@ pub fn orphan_secrets(
         else {
             continue;
         };
-        if !old_enough || !ours {
+        if !ours {
             continue;
         }
         let job_name = name.strip_suffix(CREDENTIALS_SUFFIX).unwrap_or(name);
@@ -142,17 +144,19 @@ pub fn orphan_secrets(
                 && j.metadata.deletion_timestamp.is_none()
                 && existing(&j.metadata, &identity) == Existing::Same
         });
-        out.push(match job {
-            Some(j) => SecretAction::SetOwner {
+        // Owning is always right; deleting waits out a launch that may be between Secret and Job.
+        match job {
+            Some(j) => out.push(SecretAction::SetOwner {
                 secret: name.clone(),
                 job: job_name.to_string(),
                 job_uid: j.metadata.uid.clone().unwrap_or_default(),
-            },
-            None => SecretAction::Delete {
+            }),
+            None if old_enough => out.push(SecretAction::Delete {
                 secret: name.clone(),
                 uid: uid.clone(),
-            },
-        });
+            }),
+            None => {}
+        }
     }
     out
 }
@@ -243,11 +247,16 @@ mod tests {
             secret("j1-credentials", "t1", 1, "me", 0),
             secret("j2-credentials", "t2", 1, "me", 0),
             secret("j3-credentials", "t3", 1, "me", 995),
+            secret("j6-credentials", "t6", 1, "me", 995),
             secret("j4-credentials", "t4", 1, "alive", 0),
             secret("j5-credentials", "t5", 1, "dead", 0),
             owned,
         ];
-        let jobs = vec![job("j1", "t1", 1, "me"), job("j2", "t2", 2, "me")];
+        let jobs = vec![
+            job("j1", "t1", 1, "me"),
+            job("j2", "t2", 2, "me"),
+            job("j6", "t6", 1, "me"),
+        ];
         let live = BTreeSet::from(["alive".to_string(), "me".to_string()]);
         let now = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(1000);
         let actions = orphan_secrets(&secrets, &jobs, "me", &live, now, Duration::from_secs(60));
@@ -262,6 +271,11 @@ mod tests {
                 SecretAction::Delete {
                     secret: "j2-credentials".into(),
                     uid: "uid-j2-credentials".into()
+                },
+                SecretAction::SetOwner {
+                    secret: "j6-credentials".into(),
+                    job: "j6".into(),
+                    job_uid: "uid-j6".into()
                 },
                 SecretAction::Delete {
                     secret: "j5-credentials".into(),

@@ -546,7 +546,13 @@ impl Supervisor {
             });
         }
         let confirm_final = matches!(verdict, Verdict::ConfirmFinal { .. });
+        let no_pod_yet = job.is_some() && pod.is_none() && entry.state.phase() == Phase::Launched;
         match verdict {
+            Verdict::Wait { recheck_at } if no_pod_yet => {
+                // A Job without a pod is looked at again (its Events may say why) until one appears.
+                let poll = now.checked_add(self.cfg.events_refresh).ok();
+                entry.recheck = [recheck_at, poll].into_iter().flatten().min();
+            }
             Verdict::Wait { recheck_at } => entry.recheck = recheck_at,
             Verdict::Fail { reason, message } | Verdict::ConfirmFinal { reason, message } => {
                 log::warn!("{}: {}: {message}", entry.state.identity, reason.summary());
