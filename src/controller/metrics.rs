@@ -131,7 +131,7 @@ pub struct Metrics {
     pub limiter_slot_wait_seconds: Histogram,
     /// Supervised tasks whose worker has not started.
     pub supervisor_unstarted: Gauge,
-    /// Tasks cancelled before their worker started.
+    /// Tasks cancelled before their worker started (counted when the platform confirms).
     pub supervisor_cancelled_total: Counter,
     failed: [Counter; FailureReason::ALL.len()],
     api_errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,

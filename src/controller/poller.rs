@@ -24,7 +24,7 @@ use crate::model::{CancelRequested, LimiterInput, SupervisorInput};
 use crate::platform::{AgentEvent, PlatformError};
 
 /// The long-poll wait when no slot is free: a freed slot is advertised within this.
-pub const FULL_WAIT: Duration = Duration::from_secs(5);
+pub const FULL_WAIT: Duration = Duration::from_secs(2);
 /// Most offers asked for in one poll (the protocol's limit).
 pub const MAX_FREE: u32 = 1000;
 

@@ -317,6 +317,7 @@ impl Reporter {
         }
         match self.platform.confirm_cancel(&identity.task_id) {
             Ok(_) => {
+                self.metrics.supervisor_cancelled_total.inc();
                 log::info!(
                     "{identity}: cancelled before its worker started; Job {} deleted",
                     job.name

@@ -408,7 +408,6 @@ impl Supervisor {
         if entry.state.phase() < Phase::WorkerStarted {
             if !entry.state.cancel_requested {
                 entry.state.cancel_requested = true;
-                self.metrics.supervisor_cancelled_total.inc();
                 let _ = self.reporter.send(ReporterInput::CancelUnstarted {
                     identity: entry.state.identity.clone(),
                     job: entry.job.clone(),
@@ -512,23 +511,14 @@ impl Supervisor {
             now,
             &settings,
         );
-        let fresh = entry
-            .events_at
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(2));
-        if matches!(verdict, Verdict::Fail { .. } | Verdict::ConfirmFinal { .. }) && !fresh {
+        if matches!(verdict, Verdict::Fail { .. } | Verdict::ConfirmFinal { .. }) {
+            // A failure is reported once and read by people: judge it on the latest Events.
             self.refresh_events(task, pod.as_ref());
             let Some(entry) = self.entries.get_mut(task) else {
                 return;
             };
             trial = entry.state.clone();
-            verdict = assess(
-                &mut trial,
-                job.as_ref(),
-                pod.as_ref(),
-                &entry.events,
-                now,
-                &settings,
-            );
+            verdict = assess(&mut trial, job.as_ref(), pod.as_ref(), &entry.events, now, &settings);
         }
         let Some(entry) = self.entries.get_mut(task) else {
             return;
