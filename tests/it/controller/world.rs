@@ -23,7 +23,7 @@ use scalr_agent::shutdown::Reason;
 use serde_json::{Value, json};
 
 use crate::support::kube_sim::{Credential, KubeSim, KubeSimOptions};
-use crate::support::platform_sim::{PlatformSim, RunSpec, SimPool, Stage, tar_gz};
+use crate::support::platform_sim::{PlatformSim, RunSpec, SimConfig, SimPool, Stage, tar_gz};
 
 /// The namespace of everything.
 pub const NS: &str = "ci";
@@ -91,7 +91,22 @@ pub fn crd() -> Value {
 impl World {
     /// Fresh simulators on port 0, the CRD and the template in place.
     pub fn new() -> World {
-        let platform = PlatformSim::start();
+        World::with(SimConfig::default())
+    }
+
+    /// A world whose platform heartbeats every second and long-polls at most 5 s, so the real
+    /// binary (which takes its timing from the platform) reacts fast.
+    pub fn quick() -> World {
+        World::with(SimConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            max_wait: Duration::from_secs(5),
+            ..SimConfig::default()
+        })
+    }
+
+    /// Fresh simulators with this platform timing.
+    pub fn with(config: SimConfig) -> World {
+        let platform = PlatformSim::with_config(config);
         let pool = platform.create_pool("k8s");
         let ws = platform.create_workspace(&pool.id, "production", "network");
         let cv = platform.upload_configuration_version(&ws, tar_gz(&[("main.tf", b"# empty\n")]));
@@ -331,7 +346,7 @@ impl World {
         let kubeconfig = self.dir.path().join("kubeconfig");
         if !kubeconfig.exists() {
             self.kube.write_kubeconfig(
-                &kubeconfig,
+                self.dir.path(),
                 &Credential::Token(self.kube.admin_token().to_string()),
                 NS,
             );
@@ -366,11 +381,11 @@ impl World {
         Process::new(child, log, data)
     }
 
-    /// Writes the kubeconfig for `credential` and returns its path.
-    pub fn kubeconfig(&self, file: &str, credential: &Credential) -> PathBuf {
-        let path = self.dir.path().join(file);
-        self.kube.write_kubeconfig(&path, credential, NS);
-        path
+    /// Writes the kubeconfig for `credential` into its own directory and returns its path.
+    pub fn kubeconfig(&self, dir: &str, credential: &Credential) -> PathBuf {
+        let dir = self.dir.path().join(dir);
+        std::fs::create_dir_all(&dir).expect("kubeconfig dir");
+        self.kube.write_kubeconfig(&dir, credential, NS)
     }
 }
 
