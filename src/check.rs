@@ -129,7 +129,10 @@ fn platform_credential(settings: &Settings, url: &str, token: &crate::secret::Se
         Ok(c) => c.with_retry(RetryPolicy::fast(3)),
         Err(e) => return fail(NAME, e.to_string(), "fix SCALR_URL and the TLS settings"),
     };
-    let check_name: String = format!("{}-check", settings.name).chars().take(128).collect();
+    let check_name: String = format!("{}-check", settings.name)
+        .chars()
+        .take(128)
+        .collect();
     let registration = Registration::kubernetes_controller(&check_name, 1);
     match client.register(token, &registration) {
         Ok(agent) => {
@@ -137,7 +140,9 @@ fn platform_credential(settings: &Settings, url: &str, token: &crate::secret::Se
             let _ = agent.deregister();
             pass(
                 NAME,
-                format!("the agent pool token registers agents (checked as {check_name}, {id}, deregistered)"),
+                format!(
+                    "the agent pool token registers agents (checked as {check_name}, {id}, deregistered)"
+                ),
             )
         }
         Err(e) if e.is_unauthorized() => fail(
@@ -182,7 +187,11 @@ pub fn kubernetes(config: &KubeConfig, settings: &Settings) -> Vec<CheckLine> {
             Ok(allowed) => {
                 lines.push(pass(
                     "kubernetes credential",
-                    format!("{} accepts the credential ({})", client.server(), config.origin),
+                    format!(
+                        "{} accepts the credential ({})",
+                        client.server(),
+                        config.origin
+                    ),
                 ));
                 results.push((c, allowed));
             }
@@ -191,7 +200,9 @@ pub fn kubernetes(config: &KubeConfig, settings: &Settings) -> Vec<CheckLine> {
                     KubeError::Unauthorized(_) => {
                         "the service account token is invalid or expired: restart the pod, or refresh the kubeconfig's credential"
                     }
-                    _ => "check that the API server is reachable from here (network policy, proxy, CA)",
+                    _ => {
+                        "check that the API server is reachable from here (network policy, proxy, CA)"
+                    }
                 };
                 lines.push(fail("kubernetes credential", e.to_string(), fix));
                 return lines;
@@ -256,7 +267,8 @@ fn ask(client: &Client, c: &crate::permissions::AccessCheck, ns: &str) -> Result
 
 fn template_line(client: &Client, ns: &str, name: &str) -> CheckLine {
     const NAME: &str = "task template";
-    let cluster = crate::controller::cluster::KubeCluster::new(client, ns, RetryPolicy::fast(3), None);
+    let cluster =
+        crate::controller::cluster::KubeCluster::new(client, ns, RetryPolicy::fast(3), None);
     match crate::controller::cluster::Cluster::get_template(&cluster, name) {
         Ok(Some(value)) => match AgentTaskTemplate::from_value(&value) {
             Ok(t) => {
@@ -273,7 +285,9 @@ fn template_line(client: &Client, ns: &str, name: &str) -> CheckLine {
             Err(e) => fail(
                 NAME,
                 e.to_string(),
-                format!("kubectl -n {ns} edit agenttasktemplate {name}, or upgrade the chart release"),
+                format!(
+                    "kubectl -n {ns} edit agenttasktemplate {name}, or upgrade the chart release"
+                ),
             ),
         },
         Ok(None) => fail(

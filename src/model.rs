@@ -239,6 +239,8 @@ pub enum CancelMode {
 pub struct JobSeen {
     /// The task the Job runs.
     pub task_id: String,
+    /// The platform attempt the Job was made for (0 when unknown).
+    pub attempt: u32,
     /// Complete or Failed: it no longer holds a slot.
     pub terminal: bool,
 }
@@ -260,7 +262,7 @@ pub enum LimiterInput {
     /// One of this controller's Jobs was added or changed (supervisor).
     JobChanged(JobSeen),
     /// A Job of this controller is gone: deleted, or adopted by another replica (supervisor).
-    JobGone { task_id: String },
+    JobGone { task_id: String, attempt: u32 },
     /// A slot returns whatever its state: the launch was abandoned (launcher) or supervision ended
     /// while the Job was not in view (supervisor).
     SlotFreed(SlotFreed),

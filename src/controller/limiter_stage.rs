@@ -5,16 +5,19 @@
 //! Receives [`LimiterInput`] (offers from the poller, held tasks from the housekeeper, this
 //! controller's Job observations from the supervisor, abandoned launches from the launcher); sends
 //! [`LaunchRequest`]s to the launcher. Who decides a slot's fate:
-//! - a slot is taken at admission (`Launching`) and only the Jobs watch confirms it (`Launched`): a
-//!   launch confirmed by the launcher could predate a relist's snapshot and be dropped wrongly;
-//! - a `Launching` slot ends only when the launcher abandons it or the supervisor ends the task;
-//!   watch news of a finished or deleted Job of that task (an older attempt being replaced) does
-//!   not end it;
+//! - a slot is taken at admission (`Launching`, remembering the attempt being launched) and only the
+//!   Jobs watch confirms it (`Launched`): a launch confirmed by the launcher could predate a relist's
+//!   snapshot and be dropped wrongly;
+//! - while `Launching`, news of a Job of an *older* attempt (being replaced) changes nothing; a Job
+//!   of the launched attempt confirms the slot, or ends it when terminal or gone; the launcher
+//!   abandoning the launch, or the supervisor ending the task, ends it too;
 //! - a `Launched` slot ends when the watch shows its Job terminal or gone, and at a relist whose
-//!   snapshot lacks it (`relist_started` then `rebuild`).
+//!   snapshot lacks it (`relist_started` then `rebuild`; the snapshot also confirms or ends the
+//!   `Launching` slots whose Job of the launched attempt it shows).
 //!
 //! Never blocks on a send: the launcher's inbox holds at least every slot.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +49,8 @@ impl FreeSlots {
 /// The limiter actor.
 pub struct LimiterStage {
     limiter: Limiter<LaunchRequest>,
+    /// The attempt of each `Launching` slot.
+    launching: HashMap<String, u32>,
     launcher: Sender<LaunchRequest>,
     free: FreeSlots,
     metrics: Arc<Metrics>,
@@ -62,6 +67,7 @@ impl LimiterStage {
     ) -> Self {
         let stage = LimiterStage {
             limiter: Limiter::new(capacity as usize),
+            launching: HashMap::new(),
             launcher,
             free,
             metrics,
@@ -107,26 +113,28 @@ impl LimiterStage {
             }
             LimiterInput::JobsListed(jobs) => {
                 self.limiter.relist_started();
-                self.limiter
-                    .rebuild(jobs.into_iter().map(|j| (j.task_id, j.terminal)), now)
-            }
-            LimiterInput::JobChanged(JobSeen { task_id, terminal }) => {
-                match (terminal, self.limiter.slot(&task_id)) {
-                    (true, Some(SlotState::Launching)) => Vec::new(),
-                    (true, _) => self.limiter.release(&task_id, now),
-                    (false, _) => {
-                        self.limiter.launched(&task_id);
-                        Vec::new()
+                let mut admitted = self
+                    .limiter
+                    .rebuild(jobs.iter().map(|j| (j.task_id.clone(), j.terminal)), now);
+                // The snapshot confirms (or ends) launches whose Job of that attempt it shows.
+                for job in jobs {
+                    if self.launching.contains_key(&job.task_id) {
+                        admitted.extend(self.job_seen(job, now));
                     }
                 }
+                admitted
             }
-            LimiterInput::JobGone { task_id } => match self.limiter.slot(&task_id) {
-                Some(SlotState::Launching) => Vec::new(),
-                _ => self.limiter.release(&task_id, now),
-            },
+            LimiterInput::JobChanged(job) => self.job_seen(job, now),
+            LimiterInput::JobGone { task_id, attempt } => {
+                if self.older_than_launch(&task_id, attempt) {
+                    Vec::new()
+                } else {
+                    self.release(&task_id, now)
+                }
+            }
             LimiterInput::SlotFreed(SlotFreed { task_id, cause }) => {
                 log::debug!("slot of task {task_id} returns ({cause:?})");
-                self.limiter.release(&task_id, now)
+                self.release(&task_id, now)
             }
             LimiterInput::Drain => {
                 self.draining = true;
@@ -135,6 +143,34 @@ impl LimiterStage {
         };
         self.send(admitted, now);
         self.publish();
+    }
+
+    /// A Job of this controller was seen: confirm its slot, or end it when the Job is terminal;
+    /// a Job of an older attempt than the one being launched changes nothing.
+    fn job_seen(&mut self, job: JobSeen, now: Instant) -> Vec<LaunchRequest> {
+        if self.older_than_launch(&job.task_id, job.attempt) {
+            return Vec::new();
+        }
+        self.launching.remove(&job.task_id);
+        if job.terminal {
+            self.release(&job.task_id, now)
+        } else {
+            self.limiter.launched(&job.task_id);
+            Vec::new()
+        }
+    }
+
+    fn older_than_launch(&self, task_id: &str, attempt: u32) -> bool {
+        self.limiter.slot(task_id) == Some(SlotState::Launching)
+            && self
+                .launching
+                .get(task_id)
+                .is_some_and(|launching| attempt < *launching)
+    }
+
+    fn release(&mut self, task_id: &str, now: Instant) -> Vec<LaunchRequest> {
+        self.launching.remove(task_id);
+        self.limiter.release(task_id, now)
     }
 
     /// Drops offers whose lease is about to lapse.
@@ -178,9 +214,14 @@ impl LimiterStage {
         while let Some(request) = queue.pop_front() {
             let id = request.task_id().to_string();
             if self.draining {
-                queue.extend(self.limiter.release(&id, now));
+                queue.extend(self.release(&id, now));
                 continue;
             }
+            let attempt = match &request {
+                LaunchRequest::Offer { offer, .. } => offer.identity.attempt,
+                LaunchRequest::Held(held) => held.identity.attempt,
+            };
+            self.launching.insert(id.clone(), attempt);
             if let LaunchRequest::Offer { received_at, .. } = &request {
                 self.metrics
                     .limiter_slot_wait_seconds
@@ -190,10 +231,10 @@ impl LimiterStage {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     log::error!("the launcher's inbox is full; task {id} is not launched now");
-                    queue.extend(self.limiter.release(&id, now));
+                    queue.extend(self.release(&id, now));
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    queue.extend(self.limiter.release(&id, now));
+                    queue.extend(self.release(&id, now));
                 }
             }
         }

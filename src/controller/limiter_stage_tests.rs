@@ -61,28 +61,40 @@ fn admits_up_to_capacity_and_replies_with_what_is_left() {
     assert_eq!(free.get(), 0);
 }
 
+fn seen(task: &str, attempt: u32, terminal: bool) -> JobSeen {
+    JobSeen {
+        task_id: task.into(),
+        attempt,
+        terminal,
+    }
+}
+
 #[test]
 fn only_the_watch_confirms_a_launch_and_a_relist_keeps_launching_slots() {
     let (mut s, rx, _) = stage(1);
     let now = Instant::now();
-    offered(&mut s, &["t1"], now);
+    let mut second = offer("t1");
+    second.identity.attempt = 2;
+    s.handle(
+        LimiterInput::Offered {
+            offers: vec![second],
+            reply: None,
+        },
+        now,
+    );
     assert_eq!(launched_ids(&rx), ["t1"]);
     // A snapshot taken before the Job existed must not free the slot of a launch in progress.
     s.handle(LimiterInput::JobsListed(vec![]), now);
     assert_eq!(s.limiter().slot("t1"), Some(SlotState::Launching));
-    // An older attempt's Job finishing or vanishing does not end the new launch either.
+    // The older attempt's Job finishing or vanishing (it is being replaced) changes nothing.
+    s.handle(LimiterInput::JobChanged(seen("t1", 1, true)), now);
     let gone = LimiterInput::JobGone {
         task_id: "t1".into(),
+        attempt: 1,
     };
     s.handle(gone, now);
     assert_eq!(s.limiter().slot("t1"), Some(SlotState::Launching));
-    s.handle(
-        LimiterInput::JobChanged(JobSeen {
-            task_id: "t1".into(),
-            terminal: false,
-        }),
-        now,
-    );
+    s.handle(LimiterInput::JobChanged(seen("t1", 2, false)), now);
     assert_eq!(s.limiter().slot("t1"), Some(SlotState::Launched));
     // Once launched, a relist without the Job frees the slot and admits the waiter.
     offered(&mut s, &["t2"], now);
@@ -93,12 +105,30 @@ fn only_the_watch_confirms_a_launch_and_a_relist_keeps_launching_slots() {
 }
 
 #[test]
+fn a_relist_confirms_a_launch_whose_job_it_shows_so_its_end_frees_the_slot() {
+    // A launch whose creation the broken watch never delivered: the relist shows the Job, and when
+    // it finishes the slot returns (it used to stay `Launching` forever).
+    let (mut s, rx, _) = stage(1);
+    let now = Instant::now();
+    offered(&mut s, &["t1", "t2"], now);
+    assert_eq!(launched_ids(&rx), ["t1"]);
+    s.handle(LimiterInput::JobsListed(vec![seen("t1", 1, false)]), now);
+    assert_eq!(s.limiter().slot("t1"), Some(SlotState::Launched));
+    s.handle(LimiterInput::JobChanged(seen("t1", 1, true)), now);
+    assert_eq!(launched_ids(&rx), ["t2"]);
+    // And a relist showing the launched attempt's Job already finished ends the slot at once.
+    s.handle(LimiterInput::JobsListed(vec![seen("t2", 1, true)]), now);
+    assert_eq!(s.limiter().in_flight(), 0);
+}
+
+#[test]
 fn slots_return_on_terminal_or_deleted_jobs_and_abandoned_launches() {
     let cases: [(&str, LimiterInput); 3] = [
         (
             "terminal",
             LimiterInput::JobChanged(JobSeen {
                 task_id: "t1".into(),
+                attempt: 1,
                 terminal: true,
             }),
         ),
@@ -106,6 +136,7 @@ fn slots_return_on_terminal_or_deleted_jobs_and_abandoned_launches() {
             "deleted",
             LimiterInput::JobGone {
                 task_id: "t1".into(),
+                attempt: 1,
             },
         ),
         (
@@ -124,6 +155,7 @@ fn slots_return_on_terminal_or_deleted_jobs_and_abandoned_launches() {
             s.handle(
                 LimiterInput::JobChanged(JobSeen {
                     task_id: "t1".into(),
+                    attempt: 1,
                     terminal: false,
                 }),
                 now,
@@ -143,10 +175,12 @@ fn terminal_jobs_in_a_relist_never_count() {
     let jobs = vec![
         JobSeen {
             task_id: "a".into(),
+            attempt: 1,
             terminal: false,
         },
         JobSeen {
             task_id: "b".into(),
+            attempt: 1,
             terminal: true,
         },
     ];

@@ -277,7 +277,9 @@ impl Reporter {
                     handled = Handled::Skipped(Decision::Final);
                 }
                 Err(e) => {
-                    return Err(self.platform_trouble(&format!("fail task {}", identity.task_id), e));
+                    return Err(
+                        self.platform_trouble(&format!("fail task {}", identity.task_id), e)
+                    );
                 }
             }
         } else {

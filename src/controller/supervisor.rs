@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use super::cluster::{self, Cluster};
 use super::facts::{self, job_is_terminal};
 use super::labels::{controller_of, identity_of, task_id_of};
+use super::launcher::attempt_of;
 use super::metrics::Metrics;
 use super::naming::label_value;
 use super::supervision::{Phase, SupervisionSettings, TaskState, Verdict, assess};
@@ -223,6 +224,7 @@ impl Supervisor {
                     .iter()
                     .map(|(task, job)| JobSeen {
                         task_id: task.clone(),
+                        attempt: attempt_of(&job.metadata),
                         terminal: job_is_terminal(job),
                     })
                     .collect();
@@ -241,6 +243,7 @@ impl Supervisor {
                 if self.ours(&job) {
                     let _ = self.limiter.send(LimiterInput::JobChanged(JobSeen {
                         task_id: task.clone(),
+                        attempt: attempt_of(&job.metadata),
                         terminal: job_is_terminal(&job),
                     }));
                     self.jobs.insert(task.clone(), job);
@@ -258,7 +261,10 @@ impl Supervisor {
                     );
                     self.jobs.remove(&task);
                     self.forget(&task);
-                    let _ = self.limiter.send(LimiterInput::JobGone { task_id: task });
+                    let _ = self.limiter.send(LimiterInput::JobGone {
+                        task_id: task,
+                        attempt: attempt_of(&job.metadata),
+                    });
                 }
             }
             WatchEvent::Deleted(job) => {
@@ -273,6 +279,7 @@ impl Supervisor {
                     self.jobs.remove(&task);
                     let _ = self.limiter.send(LimiterInput::JobGone {
                         task_id: task.clone(),
+                        attempt: attempt_of(&job.metadata),
                     });
                     self.assess_task(&task, now);
                 }
@@ -518,7 +525,14 @@ impl Supervisor {
                 return;
             };
             trial = entry.state.clone();
-            verdict = assess(&mut trial, job.as_ref(), pod.as_ref(), &entry.events, now, &settings);
+            verdict = assess(
+                &mut trial,
+                job.as_ref(),
+                pod.as_ref(),
+                &entry.events,
+                now,
+                &settings,
+            );
         }
         let Some(entry) = self.entries.get_mut(task) else {
             return;

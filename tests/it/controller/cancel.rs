@@ -39,7 +39,10 @@ fn a_started_task_is_cancelled_by_its_worker_and_a_force_cancel_has_a_deadline()
     let job = world.job_of(&task);
     let name = job["metadata"]["name"].as_str().expect("name").to_string();
     world.pod_with_worker(&job, running(), true);
-    world.worker(&task, &job).start().expect("the worker starts");
+    world
+        .worker(&task, &job)
+        .start()
+        .expect("the worker starts");
     assert_eq!(world.platform.cancel_run(&run), Some(CancelMode::Graceful));
     assert_eq!(world.platform.cancel_run(&run), Some(CancelMode::Force));
     // The worker never reacts here: after the deadline (1 s in these tests) the Job goes.
@@ -52,6 +55,9 @@ fn a_started_task_is_cancelled_by_its_worker_and_a_force_cancel_has_a_deadline()
             .any(|(r, _)| r == "ForceCancelDeadline")
     });
     let events = world.controller_events(&name);
-    assert!(!events.iter().any(|(r, _)| r == "TaskCancelled"), "{events:?}");
+    assert!(
+        !events.iter().any(|(r, _)| r == "TaskCancelled"),
+        "{events:?}"
+    );
     assert_eq!(controller.metrics.supervisor_cancelled_total.get(), 0);
 }

@@ -36,9 +36,19 @@ const CASES: &[Case] = &[
                        "containerStatuses": [container("worker", waiting("ErrImagePull", "manifest unknown"), false)]}),
             );
             let pod = format!("{}-pod", job["metadata"]["name"].as_str().unwrap_or(""));
-            w.event("Pod", &pod, "Warning", "Failed", "Failed to pull image \"example/worker:1\": manifest unknown");
+            w.event(
+                "Pod",
+                &pod,
+                "Warning",
+                "Failed",
+                "Failed to pull image \"example/worker:1\": manifest unknown",
+            );
         },
-        message: Some(&["image pull failed", "ErrImagePull", "Pod Failed: Failed to pull image"]),
+        message: Some(&[
+            "image pull failed",
+            "ErrImagePull",
+            "Pod Failed: Failed to pull image",
+        ]),
     },
     Case {
         name: "unschedulable",
@@ -50,16 +60,31 @@ const CASES: &[Case] = &[
                     "lastTransitionTime": now()}]}),
             );
             let pod = format!("{}-pod", job["metadata"]["name"].as_str().unwrap_or(""));
-            w.event("Pod", &pod, "Warning", "FailedScheduling", "0/3 nodes are available: 3 Insufficient memory.");
+            w.event(
+                "Pod",
+                &pod,
+                "Warning",
+                "FailedScheduling",
+                "0/3 nodes are available: 3 Insufficient memory.",
+            );
         },
-        message: Some(&["task pod unschedulable", "Insufficient memory", "FailedScheduling"]),
+        message: Some(&[
+            "task pod unschedulable",
+            "Insufficient memory",
+            "FailedScheduling",
+        ]),
     },
     Case {
         name: "no pod",
         act: |w, _, job| {
             let name = job["metadata"]["name"].as_str().unwrap_or("");
-            w.event("Job", name, "Warning", "FailedCreate",
-                    "Error creating: pods is forbidden: exceeded quota: compute, requested: cpu=2");
+            w.event(
+                "Job",
+                name,
+                "Warning",
+                "FailedCreate",
+                "Error creating: pods is forbidden: exceeded quota: compute, requested: cpu=2",
+            );
         },
         message: Some(&["created no pod", "exceeded quota"]),
     },
@@ -85,7 +110,12 @@ const CASES: &[Case] = &[
     Case {
         name: "job failed",
         act: |w, _, job| {
-            w.job_condition(job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline");
+            w.job_condition(
+                job,
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            );
         },
         message: Some(&["failed before the worker started", "DeadlineExceeded"]),
     },
@@ -142,7 +172,11 @@ const CASES: &[Case] = &[
             let worker = w.worker(task, job);
             worker.start().expect("the worker starts");
             worker
-                .finish(&TaskResult::finished(false, ResourceCounts::default(), "No changes."))
+                .finish(&TaskResult::finished(
+                    false,
+                    ResourceCounts::default(),
+                    "No changes.",
+                ))
                 .expect("finish");
             let pod = format!("{}-pod", job["metadata"]["name"].as_str().unwrap_or(""));
             w.kube.delete("pods", NS, &pod, Propagation::Background);
@@ -214,5 +248,8 @@ fn every_failure_path_fails_the_task_with_the_events_and_deletes_the_job() {
         .iter()
         .map(|r| controller.metrics.failed_count(*r))
         .sum();
-    assert_eq!(failed, CASES.iter().filter(|c| c.message.is_some()).count() as u64);
+    assert_eq!(
+        failed,
+        CASES.iter().filter(|c| c.message.is_some()).count() as u64
+    );
 }

@@ -71,7 +71,10 @@ fn a_task_becomes_a_job_with_the_right_spec_and_an_owned_secret() {
             .any(|(reason, _)| reason == "TaskLaunched")
     });
     assert_eq!(controller.metrics.launcher_launched_total.get(), 1);
-    assert_eq!(controller.metrics.launcher_launch_latency_seconds.count(), 1);
+    assert_eq!(
+        controller.metrics.launcher_launch_latency_seconds.count(),
+        1
+    );
     world.eventually("ready", |_| controller.ready());
 
     // Stopping deregisters and leaves the Job alone.
@@ -101,7 +104,10 @@ fn template_edits_apply_to_the_next_task_without_a_restart() {
     };
     assert_eq!(image(&job), Some(json!("scalr/runner:0.2.0")));
 
-    let mut edited = world.kube.get("agenttasktemplates", NS, TEMPLATE).expect("template");
+    let mut edited = world
+        .kube
+        .get("agenttasktemplates", NS, TEMPLATE)
+        .expect("template");
     for c in edited["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
         .as_array_mut()
         .expect("containers")
@@ -126,12 +132,17 @@ fn template_edits_apply_to_the_next_task_without_a_restart() {
 #[test]
 fn a_missing_or_invalid_template_fails_the_task_with_what_to_fix() {
     let world = World::new();
-    world
-        .kube
-        .delete("agenttasktemplates", NS, TEMPLATE, crate::support::kube_sim::Propagation::Background);
+    world.kube.delete(
+        "agenttasktemplates",
+        NS,
+        TEMPLATE,
+        crate::support::kube_sim::Propagation::Background,
+    );
     let _controller = world.start("ctl-0", 2);
     let run = world.queue(1).remove(0);
-    let view = world.platform.wait_for_run(&run, super::world::WAIT, |s| s == RunStatus::Errored);
+    let view = world
+        .platform
+        .wait_for_run(&run, super::world::WAIT, |s| s == RunStatus::Errored);
     let message = view.message.unwrap_or_default();
     assert!(
         message.contains("task template invalid")
@@ -147,13 +158,17 @@ fn a_missing_or_invalid_template_fails_the_task_with_what_to_fix() {
     bad["metadata"]["namespace"] = json!(NS);
     bad["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
     world.kube.put(bad);
-    until_a_task(&world, "fails for restartPolicy", |outcome| {
-        matches!(outcome, Outcome::Errored(m) if m.contains("restartPolicy is Always"))
-    });
+    until_a_task(
+        &world,
+        "fails for restartPolicy",
+        |outcome| matches!(outcome, Outcome::Errored(m) if m.contains("restartPolicy is Always")),
+    );
     let mut good = template();
     good["metadata"]["namespace"] = json!(NS);
     world.kube.put(good);
-    until_a_task(&world, "gets a Job", |outcome| matches!(outcome, Outcome::Job));
+    until_a_task(&world, "gets a Job", |outcome| {
+        matches!(outcome, Outcome::Job)
+    });
 }
 
 /// What became of a task.

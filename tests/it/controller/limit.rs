@@ -11,8 +11,9 @@ fn live(jobs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     jobs.iter()
         .filter(|j| {
             !j["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+                c.iter().any(|c| {
+                    (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"
+                })
             })
         })
         .collect()

@@ -14,18 +14,24 @@ use crate::support::platform_sim::TaskState;
 /// What every scenario must end with: one Job of `attempt`, its Secret owned by it with the token
 /// the platform holds for the task now, the task held by agent `name` and not final.
 fn settled(world: &World, task: &str, attempt: u32, name: &str, controller: &Process) {
-    world.eventually("one Job with an owned Secret holding the current token", |w| {
-        let jobs = w.jobs_of(task);
-        let [job] = jobs.as_slice() else {
-            return false;
-        };
-        let secret = format!("{}-credentials", job["metadata"]["name"].as_str().unwrap_or(""));
-        job["metadata"]["annotations"]["scalr.io/attempt"] == attempt.to_string()
-            && w.kube.get("secrets", NS, &secret).is_some_and(|s| {
-                s["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-            })
-            && w.secret_token(job) == w.platform.task_token(task)
-    });
+    world.eventually(
+        "one Job with an owned Secret holding the current token",
+        |w| {
+            let jobs = w.jobs_of(task);
+            let [job] = jobs.as_slice() else {
+                return false;
+            };
+            let secret = format!(
+                "{}-credentials",
+                job["metadata"]["name"].as_str().unwrap_or("")
+            );
+            job["metadata"]["annotations"]["scalr.io/attempt"] == attempt.to_string()
+                && w.kube.get("secrets", NS, &secret).is_some_and(|s| {
+                    s["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+                })
+                && w.secret_token(job) == w.platform.task_token(task)
+        },
+    );
     let view = world.platform.task(task);
     assert_eq!(view.state, TaskState::Acquired, "{}", controller.log());
     assert_eq!(view.attempt, attempt);
@@ -36,7 +42,11 @@ fn settled(world: &World, task: &str, attempt: u32, name: &str, controller: &Pro
 
 /// Starts the binary, queues one run, arms `fault` for the launch, waits until the launch hit it,
 /// and SIGKILLs the controller.
-fn killed_at(world: &World, fault: impl Fn(&World, &str), reached: impl Fn(&World) -> bool) -> String {
+fn killed_at(
+    world: &World,
+    fault: impl Fn(&World, &str),
+    reached: impl Fn(&World) -> bool,
+) -> String {
     let controller = world.spawn_binary("ctl-0", 4, &[]);
     world.eventually("the controller ready", |_| controller.ready());
     let run = world.queue(1).remove(0);
@@ -86,7 +96,10 @@ fn killed_between_secret_and_job() {
     );
     // The held create lands while the controller is dead: a Job whose Secret has no owner.
     let job = world.job_of(&task);
-    let secret = format!("{}-credentials", job["metadata"]["name"].as_str().expect("name"));
+    let secret = format!(
+        "{}-credentials",
+        job["metadata"]["name"].as_str().expect("name")
+    );
     let unowned = world.kube.get("secrets", NS, &secret).expect("secret");
     assert!(unowned["metadata"]["ownerReferences"].is_null());
     let controller = world.spawn_binary("ctl-0", 4, &[]);
@@ -100,7 +113,12 @@ fn killed_after_the_job_before_the_secret_is_owned() {
         &world,
         |w, run| {
             let secret = format!("prod-scalr-agent-{run}-plan-credentials");
-            w.kube.fail_next("PATCH", &format!("/api/v1/namespaces/ci/secrets/{secret}"), 3, 500);
+            w.kube.fail_next(
+                "PATCH",
+                &format!("/api/v1/namespaces/ci/secrets/{secret}"),
+                3,
+                500,
+            );
         },
         |w| {
             w.kube
@@ -116,14 +134,21 @@ fn killed_after_the_job_before_the_secret_is_owned() {
 #[test]
 fn killed_after_a_complete_launch_then_supervision_resumes() {
     let world = World::quick();
-    let task = killed_at(&world, |_, _| {}, |w| {
-        w.jobs().iter().any(|j| {
-            let secret = format!("{}-credentials", j["metadata"]["name"].as_str().unwrap_or(""));
-            w.kube
-                .get("secrets", NS, &secret)
-                .is_some_and(|s| !s["metadata"]["ownerReferences"].is_null())
-        })
-    });
+    let task = killed_at(
+        &world,
+        |_, _| {},
+        |w| {
+            w.jobs().iter().any(|j| {
+                let secret = format!(
+                    "{}-credentials",
+                    j["metadata"]["name"].as_str().unwrap_or("")
+                );
+                w.kube
+                    .get("secrets", NS, &secret)
+                    .is_some_and(|s| !s["metadata"]["ownerReferences"].is_null())
+            })
+        },
+    );
     let controller = world.spawn_binary("ctl-0", 4, &[]);
     settled(&world, &task, 1, "ctl-0", &controller);
     // The restarted controller supervises the Job it found: an image that can never be pulled
@@ -154,5 +179,8 @@ fn killed_long_enough_to_be_replaced_then_restarted() {
     let controller = world.spawn_binary("ctl-0", 4, &[]);
     settled(&world, &task, 2, "ctl-0", &controller);
     let new = world.job_of(&task);
-    assert_ne!(new["metadata"]["uid"], old["metadata"]["uid"], "the fenced Job was replaced");
+    assert_ne!(
+        new["metadata"]["uid"], old["metadata"]["uid"],
+        "the fenced Job was replaced"
+    );
 }

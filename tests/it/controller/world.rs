@@ -141,7 +141,10 @@ impl World {
         let kube = KubeConfig::explicit(&Explicit {
             server: Some(self.kube.url()),
             token: Some(Secret::new(self.kube.admin_token())),
-            ca: self.kube.ca_pem().map(|p| CaSource::Pem(p.as_bytes().to_vec())),
+            ca: self
+                .kube
+                .ca_pem()
+                .map(|p| CaSource::Pem(p.as_bytes().to_vec())),
             namespace: Some(NS.into()),
             ..Explicit::default()
         })
@@ -239,7 +242,11 @@ impl World {
     }
 
     /// Waits until the platform shows what `check` wants.
-    pub fn platform_eventually<T>(&self, what: &str, check: impl FnMut(&PlatformSim) -> Option<T>) -> T {
+    pub fn platform_eventually<T>(
+        &self,
+        what: &str,
+        check: impl FnMut(&PlatformSim) -> Option<T>,
+    ) -> T {
         self.platform.wait_until(WAIT, what, check)
     }
 
@@ -397,9 +404,10 @@ fn rand_suffix() -> u32 {
 }
 
 fn status_is_scheduled(status: &Value) -> bool {
-    status["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "True"))
+    status["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+    })
 }
 
 /// A container status.
@@ -528,7 +536,10 @@ impl Process {
                 self.code = Some(code);
                 code
             }
-            Err(_) => panic!("the controller did not exit within {limit:?}\n{}", self.log()),
+            Err(_) => panic!(
+                "the controller did not exit within {limit:?}\n{}",
+                self.log()
+            ),
         }
     }
 
