@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::world::{NS, WAIT, World, running};
-use crate::support::kube_sim::{Credential, Propagation};
+use crate::support::kube_sim::Credential;
 use crate::support::platform_sim::{Fault, Route, TaskState};
 
 fn created_jobs(world: &World) -> usize {
@@ -187,5 +187,4 @@ fn sigterm_stops_intake_deregisters_and_leaves_running_jobs_alone() {
     );
     // Its Lease is gone: another replica may adopt the Job at once.
     assert!(world.kube.list("leases", NS).is_empty());
-    let _ = Propagation::Background;
 }
