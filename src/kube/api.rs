@@ -283,10 +283,11 @@ impl<K: KubeObject> Api<K> {
         body: Option<Body>,
     ) -> Result<T, KubeError> {
         let response = self.client.send(method, path, body.as_ref())?;
+        // No body excerpt in the message: the body may be a Secret.
         serde_json::from_slice(&response.body).map_err(|e| KubeError::Decode {
             method: method.to_string(),
             path: path.to_string(),
-            detail: format!("{e}: {}", response.body_excerpt()),
+            detail: format!("{e} (in a {}-byte body)", response.body.len()),
         })
     }
 
@@ -467,10 +468,7 @@ impl<K: DeserializeOwned> Iterator for WatchStream<K> {
                         KubeError::Decode {
                             method: "GET".into(),
                             path: self.path.clone(),
-                            detail: format!(
-                                "bad watch event: {e}: {}",
-                                crate::http::excerpt(&line)
-                            ),
+                            detail: format!("bad watch event ({} bytes): {e}", line.len()),
                         }
                     }));
                 }

@@ -156,7 +156,8 @@ impl<K: KubeObject> WatchMachine<K> {
         }
     }
 
-    /// Feeds what happened; returns the events for the consumer, or the fatal error (401).
+    /// Feeds what happened; returns the events for the consumer, or the fatal error (401), after
+    /// which the machine is spent.
     pub fn handle(&mut self, input: Input<K>) -> Result<Vec<WatchEvent<K>>, KubeError> {
         let state = std::mem::replace(
             &mut self.state,
