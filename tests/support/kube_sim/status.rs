@@ -293,7 +293,7 @@ pub fn expired(requested: u64, oldest: u64) -> ApiError {
         410,
         "Expired",
         format!("too old resource version: {requested} ({oldest})"),
-        Some(json!({})),
+        None,
     )
 }
 
