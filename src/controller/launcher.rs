@@ -156,7 +156,10 @@ impl Launcher {
         self.metrics.launcher_in_progress.add(-1);
         let outcome = match result {
             Ok(launched) => Outcome::Launched(launched),
-            Err((identity, stop)) => self.stopped(&task_id, identity, stop),
+            Err(failure) => {
+                let (identity, stop) = *failure;
+                self.stopped(&task_id, identity, stop)
+            }
         };
         if !matches!(outcome, Outcome::Launched(_)) {
             let _ = self.limiter.send(LimiterInput::SlotFreed(SlotFreed {
@@ -200,23 +203,25 @@ impl Launcher {
     fn launch(
         &mut self,
         request: LaunchRequest,
-    ) -> Result<TaskLaunched, (Option<TaskIdentity>, Stop)> {
+    ) -> Result<TaskLaunched, Box<(Option<TaskIdentity>, Stop)>> {
         let (identity, token, received_at) = match request {
             LaunchRequest::Offer { offer, received_at } => {
-                let (identity, token) = self.acquire(&offer.identity).map_err(|s| (None, s))?;
+                let (identity, token) = self
+                    .acquire(&offer.identity)
+                    .map_err(|s| Box::new((None, s)))?;
                 (identity, token, Some(received_at))
             }
             LaunchRequest::Held(held) => (held.identity, held.task_token, None),
         };
         if !self.lifecycle.accepting() && received_at.is_some() {
-            return Err((
+            return Err(Box::new((
                 Some(identity),
                 Stop::Abandon("the controller is stopping".into()),
-            ));
+            )));
         }
         let launched = self
             .create(&identity, &token)
-            .map_err(|s| (Some(identity.clone()), s))?;
+            .map_err(|s| Box::new((Some(identity.clone()), s)))?;
         self.metrics.launcher_launched_total.inc();
         if let Some(at) = received_at {
             self.metrics

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::controller::fakes::FakeCluster;
-use crate::model::{FailureReason, TaskIdentity};
+use crate::model::{CancelRequested, FailureReason, TaskIdentity};
 
 const ME: &str = "ctl-0";
 

@@ -52,7 +52,7 @@ fn the_limit_holds_with_50_tasks_offered_at_once() {
         // Finish half of them, delete the other half: both return the slot.
         for job in unfinished {
             let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if finished % 2 == 0 {
+            if finished.is_multiple_of(2) {
                 w.job_condition(job, "Complete", "Completed", "done");
             } else {
                 w.kube.delete("jobs", NS, &name, Propagation::Background);

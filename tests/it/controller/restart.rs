@@ -25,7 +25,8 @@ fn settled(world: &World, task: &str, attempt: u32, name: &str, controller: &Pro
                 "{}-credentials",
                 job["metadata"]["name"].as_str().unwrap_or("")
             );
-            job["metadata"]["annotations"]["scalr.io/attempt"] == attempt.to_string()
+            job["metadata"]["annotations"]["scalr.io/attempt"].as_str()
+                == Some(attempt.to_string().as_str())
                 && w.kube.get("secrets", NS, &secret).is_some_and(|s| {
                     s["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
                 })

@@ -39,7 +39,10 @@ fn no_token_in_any_log_line_event_or_render_output() {
     let runs = world.queue(3);
     let tasks: Vec<String> = runs.iter().map(|r| world.task_of(r)).collect();
     let jobs: Vec<Value> = tasks.iter().map(|t| world.job_of(t)).collect();
-    let mut tokens = vec![world.pool.token.clone(), world.kube.admin_token().to_string()];
+    let mut tokens = vec![
+        world.pool.token.clone(),
+        world.kube.admin_token().to_string(),
+    ];
     for (task, run) in tasks.iter().zip(&runs) {
         tokens.extend(world.platform.task_token(task));
         tokens.push(world.platform.run_token(run));
@@ -64,21 +67,35 @@ fn no_token_in_any_log_line_event_or_render_output() {
     let worker = world.worker(&tasks[2], &jobs[2]);
     worker.start().expect("start");
     worker
-        .finish(&TaskResult::finished(false, ResourceCounts::default(), "No changes."))
+        .finish(&TaskResult::finished(
+            false,
+            ResourceCounts::default(),
+            "No changes.",
+        ))
         .expect("finish");
-    world.platform.wait_for_run(&runs[0], WAIT, |s| s == RunStatus::Errored);
-    world.platform.wait_for_run(&runs[1], WAIT, |s| s == RunStatus::Canceled);
+    world
+        .platform
+        .wait_for_run(&runs[0], WAIT, |s| s == RunStatus::Errored);
+    world
+        .platform
+        .wait_for_run(&runs[1], WAIT, |s| s == RunStatus::Canceled);
     controller.signal(libc::SIGTERM);
     assert_eq!(controller.wait_exit(WAIT), Some(0), "{}", controller.log());
 
     let log = controller.log();
-    assert!(log.contains("launched Job") && log.contains("failed on the platform"), "{log}");
+    assert!(
+        log.contains("launched Job") && log.contains("failed on the platform"),
+        "{log}"
+    );
     let events = serde_json::to_string(&world.kube.list("events", NS)).expect("json");
     assert!(events.contains("TaskFailed"), "{events}");
     let kubeconfig = world.dir.path().join("kubeconfig");
     let (code, rendered) = run_binary(&world, &["render"], kubeconfig.to_str().expect("utf8"));
     assert_eq!(code, Some(0), "{rendered}");
-    assert!(rendered.contains("kind: Job") && rendered.contains("***"), "{rendered}");
+    assert!(
+        rendered.contains("kind: Job") && rendered.contains("***"),
+        "{rendered}"
+    );
     let (_, checked) = run_binary(&world, &["check"], kubeconfig.to_str().expect("utf8"));
     for token in &tokens {
         assert!(token.len() >= 8, "a real token: {token}");
@@ -139,12 +156,16 @@ fn check_passes_against_the_simulators_and_names_what_is_missing() {
             json!({"apiGroups": [p.group], "resources": [p.resource], "verbs": verbs})
         })
         .collect();
-    world.kube.put(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "agent", "namespace": NS}, "rules": rules}));
-    world.kube.put(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+    world.kube.put(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "agent", "namespace": NS}, "rules": rules}),
+    );
+    world.kube.put(
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "agent", "namespace": NS},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
-        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": NS}]}));
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": NS}]}),
+    );
     world
         .kube
         .delete("agenttasktemplates", NS, TEMPLATE, Propagation::Background);
