@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use scalr_agent::config::{ConfigErrors, Flags, Settings, vars};
+use scalr_agent::controller::cmd::ControllerCmd;
 use scalr_agent::controller::render::{self, RenderCmd, RenderContext};
 use scalr_agent::{install, probe, runner, worker};
 
@@ -61,6 +62,7 @@ enum Command {
     Worker(worker::WorkerArgs),
     Probe(probe::ProbeArgs),
     Render(RenderCmd),
+    Controller(ControllerCmd),
 }
 
 /// Print the version, git commit, target and whether the binary is static.
@@ -172,11 +174,13 @@ fn main() -> ExitCode {
             Ok(s) => ExitCode::from(worker::run(&args, &s)),
             Err(errors) => config_failure(&errors),
         },
+        Command::Controller(_) => ExitCode::from(scalr_agent::controller::cmd::main(&settings)),
         Command::Render(cmd) => {
             let settings = settings.ok();
             let ctx = RenderContext {
                 namespace: settings.as_ref().and_then(|s| s.namespace.clone()),
                 controller_id: settings.as_ref().map(|s| s.name.clone()),
+                task_template: settings.as_ref().map(|s| s.task_template.clone()),
             };
             match render::run(&cmd, &ctx) {
                 Ok(rendered) => {

@@ -5,13 +5,19 @@
 //!                            ▲               │ TaskLaunched
 //!                            └── SlotFreed ── supervisor ──TaskFailed──▶ platform
 //! poller ──CancelRequested──▶ supervisor (deletes the Job of a task that has not started)
+//! supervisor ──ReporterInput──▶ reporter (platform calls, Job deletion, Kubernetes Events)
+//! heartbeat ──HousekeeperInput──▶ housekeeper (reconcile with the platform, leases, adoption)
 //! ```
 //!
-//! Stages depend on this module, never on each other. Names: events are past tense. Nothing here does
-//! I/O; a task token only ever travels inside a [`Secret`], so `Debug` of any event is safe to log.
+//! Stages depend on this module, never on each other. Names: events are past tense, commands
+//! imperative. Each stage's inbox is one enum here (`LimiterInput`, `LaunchRequest`,
+//! `SupervisorInput`, `ReporterInput`, `HousekeeperInput`). Nothing here does I/O; a task token only
+//! ever travels inside a [`Secret`], so `Debug` of any event is safe to log.
 
 use std::fmt;
+use std::time::Instant;
 
+use crossbeam_channel::Sender;
 use jiff::Timestamp;
 
 use crate::secret::Secret;
@@ -226,6 +232,119 @@ pub enum CancelMode {
     Graceful,
     /// Kill.
     Force,
+}
+
+/// A Job of this controller as the Jobs watch shows it (supervisor → limiter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSeen {
+    /// The task the Job runs.
+    pub task_id: String,
+    /// The platform attempt the Job was made for (0 when unknown).
+    pub attempt: u32,
+    /// Complete or Failed: it no longer holds a slot.
+    pub terminal: bool,
+}
+
+/// The limiter stage's inbox.
+#[derive(Debug)]
+pub enum LimiterInput {
+    /// Offers from one long-poll (poller). `reply` gets the free capacity once they are admitted or
+    /// queued, so the next poll advertises the truth.
+    Offered {
+        offers: Vec<TaskOffered>,
+        reply: Option<Sender<u32>>,
+    },
+    /// A task this agent already holds that has no Job of its attempt (housekeeper, after a restart or
+    /// a re-registration): launch it with its token when a slot is free.
+    Held(TaskAcquired),
+    /// A full relist of this controller's Jobs (supervisor): the slots are rebuilt from it.
+    JobsListed(Vec<JobSeen>),
+    /// One of this controller's Jobs was added or changed (supervisor).
+    JobChanged(JobSeen),
+    /// A Job of this controller is gone: deleted, or adopted by another replica (supervisor).
+    JobGone { task_id: String, attempt: u32 },
+    /// A slot returns whatever its state: the launch was abandoned (launcher) or supervision ended
+    /// while the Job was not in view (supervisor).
+    SlotFreed(SlotFreed),
+    /// SIGTERM: stop admitting, drop waiting offers (their leases lapse and others take them).
+    Drain,
+}
+
+/// What the launcher is asked to do (limiter → launcher). Every request holds a slot.
+#[derive(Debug)]
+pub enum LaunchRequest {
+    /// Acquire an offered task, then create its Secret and Job.
+    Offer {
+        offer: TaskOffered,
+        /// When the poller received the offer: launch latency counts from here.
+        received_at: Instant,
+    },
+    /// Create the Secret and Job of a task this agent already holds.
+    Held(TaskAcquired),
+}
+
+impl LaunchRequest {
+    /// The task's id.
+    pub fn task_id(&self) -> &str {
+        match self {
+            LaunchRequest::Offer { offer, .. } => &offer.identity.task_id,
+            LaunchRequest::Held(held) => &held.identity.task_id,
+        }
+    }
+}
+
+/// The supervisor's inbox (besides its two watches).
+#[derive(Debug)]
+pub enum SupervisorInput {
+    /// The launcher created (or found) a task's Job.
+    Launched(TaskLaunched),
+    /// The launcher is about to delete the Job of an older attempt of this task to replace it: forget
+    /// that Job without a verdict.
+    Replacing { task_id: String, attempt: u32 },
+    /// The platform relayed a cancel (poller) or listed one (housekeeper).
+    CancelRequested(CancelRequested),
+    /// The platform no longer gives this agent the task at this attempt (re-offered, finished,
+    /// canceled): delete its Job if the worker has not started.
+    Unheld { task_id: String, attempt: u32 },
+}
+
+/// A Job by name and uid; the uid makes a delete a precondition, so a same-named newer Job survives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRef {
+    /// The Job's name.
+    pub name: String,
+    /// The Job's uid.
+    pub uid: String,
+}
+
+/// What the reporter does: the platform and Kubernetes writes that follow a supervision verdict.
+#[derive(Debug)]
+pub enum ReporterInput {
+    /// Fail the task on the platform (unless the platform says it is no longer this agent's to fail)
+    /// and delete its Job. `confirm_final`: the worker had started, fail only when the platform has
+    /// no final status.
+    Fail {
+        failed: TaskFailed,
+        job: Option<JobRef>,
+        confirm_final: bool,
+    },
+    /// Cancel before the worker started: delete the Job, then confirm the cancel.
+    CancelUnstarted { identity: TaskIdentity, job: JobRef },
+    /// A force-cancelled task's Job outlived its deadline: delete it.
+    ForceCancelExpired { identity: TaskIdentity, job: JobRef },
+    /// Delete a Job without reporting anything (task no longer held by this agent).
+    DeleteJob {
+        identity: TaskIdentity,
+        job: JobRef,
+        why: String,
+    },
+}
+
+/// The housekeeper's inbox (besides its own ticks).
+#[derive(Debug)]
+pub enum HousekeeperInput {
+    /// Compare this controller's Jobs with the tasks the platform says it holds, now.
+    Reconcile { why: &'static str },
 }
 
 #[cfg(test)]

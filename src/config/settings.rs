@@ -5,6 +5,7 @@
 //! nothing leaves the machine). Values every role needs are checked here; what only some roles need
 //! (the platform URL and token) is checked by [`Settings::require_platform`].
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ pub struct Settings {
     pub network_mirrors: Vec<NetworkMirror>,
     pub binary_cache: BinaryCache,
     pub proxy: ProxySettings,
+    /// Where the controller serves Prometheus metrics (`SCALR_AGENT_METRICS_PORT`); `None`: off.
+    pub metrics_addr: Option<SocketAddr>,
     /// Deprecation notices, to be logged once logging is up.
     pub warnings: Vec<String>,
     raw: RawConfig,
@@ -333,6 +336,21 @@ impl Settings {
             no_proxy: NoProxy::parse(c.value(vars::NO_PROXY).map_or("", |(v, _)| v)),
         };
 
+        let metrics_addr = match c.value(vars::METRICS_PORT) {
+            None => None,
+            Some((value, _)) => match metrics_address(value) {
+                Some(addr) => Some(addr),
+                None => {
+                    c.fail(
+                        vars::METRICS_PORT,
+                        "not a port or ADDRESS:PORT",
+                        "give a port such as 9090 (all interfaces) or 127.0.0.1:9090; leave unset to turn metrics off",
+                    );
+                    None
+                }
+            },
+        };
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -356,6 +374,7 @@ impl Settings {
             network_mirrors,
             binary_cache,
             proxy,
+            metrics_addr,
             warnings: raw.warnings.clone(),
             raw,
         })
@@ -463,6 +482,14 @@ impl Settings {
         };
         Self::validate(RawConfig::collect(&env, &Flags::default()))
     }
+}
+
+/// `PORT` (1-65535, every interface) or `ADDRESS:PORT` (`127.0.0.1:9090`, `[::1]:9090`).
+fn metrics_address(value: &str) -> Option<SocketAddr> {
+    if let Ok(port) = value.parse::<u16>() {
+        return (port > 0).then(|| SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    value.parse::<SocketAddr>().ok()
 }
 
 #[cfg(test)]

@@ -287,3 +287,33 @@ fn mirrors_and_tls_pairs() {
     let errors = errors_for(&[("SCALR_AGENT_TLS_CERT_FILE", cert.to_str().expect("utf8"))]);
     assert!(errors.mentions("SCALR_AGENT_TLS_KEY_FILE"), "{errors}");
 }
+
+#[test]
+fn metrics_port_is_off_by_default_and_takes_a_port_or_an_address() {
+    assert_eq!(Settings::from_pairs(&[]).expect("valid").metrics_addr, None);
+    let cases = [
+        ("9090", Some("0.0.0.0:9090")),
+        ("127.0.0.1:9464", Some("127.0.0.1:9464")),
+        ("[::1]:9090", Some("[::1]:9090")),
+        ("0", None),
+        ("http://x:1", None),
+        ("70000", None),
+    ];
+    for (value, want) in cases {
+        let got = Settings::from_pairs(&[("SCALR_AGENT_METRICS_PORT", value)]);
+        match want {
+            Some(addr) => assert_eq!(
+                got.expect("valid")
+                    .metrics_addr
+                    .map(|a| a.to_string())
+                    .as_deref(),
+                Some(addr),
+                "{value}"
+            ),
+            None => assert!(
+                got.expect_err(value).mentions("SCALR_AGENT_METRICS_PORT"),
+                "{value}"
+            ),
+        }
+    }
+}

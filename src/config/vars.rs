@@ -58,6 +58,7 @@ pub const PROVIDER_CACHE_CONCURRENCY: &str = "SCALR_AGENT_PROVIDER_CACHE_CONCURR
 pub const NETWORK_MIRRORS: &str = "SCALR_AGENT_PROVIDER_NETWORK_MIRRORS";
 pub const BINARY_CACHE_SIZE: &str = "SCALR_AGENT_BINARY_CACHE_SIZE_LIMIT_MB";
 pub const BINARY_CACHE_DAYS: &str = "SCALR_AGENT_BINARY_CACHE_THRESHOLD_DAYS";
+pub const METRICS_PORT: &str = "SCALR_AGENT_METRICS_PORT";
 pub const HTTPS_PROXY: &str = "HTTPS_PROXY";
 pub const HTTP_PROXY: &str = "HTTP_PROXY";
 pub const NO_PROXY: &str = "NO_PROXY";
@@ -114,6 +115,8 @@ pub const VARS: &[Var] = &[
         "soft size limit of the tool binary cache, in MB (a binary in use is never evicted)"),
     var!(BINARY_CACHE_DAYS, legacy &[], flag None, default Some("30"), secret false,
         "days after its last use that a cached tool binary may be removed (1-3650)"),
+    var!(METRICS_PORT, legacy &[], flag None, default None, secret false,
+        "controller: serve Prometheus metrics at http://0.0.0.0:PORT/metrics (or ADDRESS:PORT); unset: off"),
     var!(HTTPS_PROXY, legacy &["https_proxy"], flag None, default None, secret false,
         "proxy for https:// requests (http://host:port)"),
     var!(HTTP_PROXY, legacy &["http_proxy"], flag None, default None, secret false,

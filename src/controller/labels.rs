@@ -98,6 +98,30 @@ pub fn task_id_of(meta: &ObjectMeta) -> Option<&str> {
     from(&meta.annotations).or_else(|| from(&meta.labels))
 }
 
+/// The task an object of the controller was made for, from its exact annotations; `None` when the
+/// task id is missing. Absent fields are empty; an absent attempt is 0.
+pub fn identity_of(meta: &ObjectMeta) -> Option<crate::model::TaskIdentity> {
+    let notes = meta.annotations.as_ref();
+    let get = |key: &str| notes.and_then(|n| n.get(key)).cloned().unwrap_or_default();
+    Some(crate::model::TaskIdentity {
+        task_id: task_id_of(meta)?.to_string(),
+        run_id: get(RUN_ID),
+        stage: get(STAGE),
+        workspace_id: get(WORKSPACE_ID),
+        environment_id: get(ENVIRONMENT_ID),
+        attempt: get(ATTEMPT).parse().unwrap_or(0),
+    })
+}
+
+/// The controller named on an object (exact annotation, else label).
+pub fn controller_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(CONTROLLER))
+        .or_else(|| meta.labels.as_ref().and_then(|l| l.get(CONTROLLER)))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +149,24 @@ mod tests {
         .expect("meta");
         assert_eq!(task_id_of(&label_only), Some("task-1"));
         assert_eq!(task_id_of(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn identity_and_controller_come_back_from_annotations() {
+        let meta: ObjectMeta = serde_json::from_value(serde_json::json!({
+            "labels": {"scalr.io/controller": "ctl-short"},
+            "annotations": {"scalr.io/task-id": "task-1", "scalr.io/run-id": "run-1",
+                            "scalr.io/stage": "plan", "scalr.io/attempt": "3",
+                            "scalr.io/controller": "ctl-0"}
+        }))
+        .expect("meta");
+        let id = identity_of(&meta).expect("identity");
+        assert_eq!(
+            (id.task_id.as_str(), id.attempt, id.stage.as_str()),
+            ("task-1", 3, "plan")
+        );
+        assert_eq!(controller_of(&meta), Some("ctl-0"));
+        assert_eq!(identity_of(&ObjectMeta::default()), None);
     }
 
     #[test]

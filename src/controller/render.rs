@@ -5,8 +5,9 @@
 //! or more documents, e.g. `helm template` output; `-` is stdin), builds the task with the same
 //! [`build_task`] the launcher uses, and returns YAML (two documents) or JSON (a `v1` `List`). The
 //! sample token never appears in the output: the Secret is printed through
-//! [`super::job_builder::CredentialsSecret::redacted`]. Reading the template from the cluster comes
-//! with the Kubernetes client.
+//! [`super::job_builder::CredentialsSecret::redacted`]. Without `--template`, the template is read
+//! from the cluster: the object `SCALR_AGENT_KUBERNETES_TASK_TEMPLATE` (or `--name`) in the
+//! configured namespace, through the same Kubernetes configuration the controller uses.
 
 use std::fmt;
 use std::io::Read;
@@ -27,14 +28,15 @@ const SAMPLE_TOKEN: &str = "render-sample-task-token-not-a-credential";
 const DEFAULT_NAMESPACE: &str = "default";
 
 /// Print the Job and Secret the controller would create for a sample task (Secret values redacted).
-#[derive(FromArgs, Debug, PartialEq)]
+#[derive(FromArgs, Clone, Debug, PartialEq)]
 #[argh(subcommand, name = "render")]
 pub struct RenderCmd {
     /// file with the AgentTaskTemplate manifest: YAML or JSON, one or more documents (e.g. helm
-    /// template output); - reads stdin
+    /// template output); - reads stdin; without it, the template is read from the cluster
     #[argh(option)]
-    pub template: String,
-    /// name of the AgentTaskTemplate to use when the file holds several
+    pub template: Option<String>,
+    /// name of the AgentTaskTemplate to use when the file holds several, or to read from the
+    /// cluster (default: SCALR_AGENT_KUBERNETES_TASK_TEMPLATE)
     #[argh(option)]
     pub name: Option<String>,
     /// sample task id
@@ -84,6 +86,8 @@ pub struct RenderContext {
     pub namespace: Option<String>,
     /// The agent name (`SCALR_AGENT_NAME`).
     pub controller_id: Option<String>,
+    /// `SCALR_AGENT_KUBERNETES_TASK_TEMPLATE`: the object read from the cluster without `--template`.
+    pub task_template: Option<String>,
 }
 
 /// What `render` prints: the manifest on stdout, warnings on stderr.
@@ -122,6 +126,8 @@ pub enum RenderError {
     Build(BuildError),
     /// Printing failed (a bug).
     Serialize(String),
+    /// The template could not be read from the cluster.
+    Cluster { name: String, detail: String },
 }
 
 impl fmt::Display for RenderError {
@@ -160,24 +166,88 @@ impl fmt::Display for RenderError {
             RenderError::Template(e) => write!(f, "{e}"),
             RenderError::Build(e) => write!(f, "{e}"),
             RenderError::Serialize(e) => write!(f, "cannot print the objects: {e}"),
+            RenderError::Cluster { name, detail } => write!(
+                f,
+                "cannot read AgentTaskTemplate {name} from the cluster: {detail}; pass --template \
+                 FILE to render from a manifest instead"
+            ),
         }
     }
 }
 
 impl std::error::Error for RenderError {}
 
-/// Reads `cmd.template` (or stdin for `-`) and renders it.
+/// Reads `cmd.template` (or stdin for `-`, or the cluster without it) and renders it.
 pub fn run(cmd: &RenderCmd, ctx: &RenderContext) -> Result<Rendered, RenderError> {
+    let Some(path) = cmd.template.as_deref() else {
+        return from_cluster(cmd, ctx);
+    };
     let mut text = String::new();
-    let read = if cmd.template == "-" {
+    let read = if path == "-" {
         std::io::stdin().read_to_string(&mut text).map(|_| ())
     } else {
-        std::fs::read_to_string(&cmd.template).map(|t| text = t)
+        std::fs::read_to_string(path).map(|t| text = t)
     };
     read.map_err(|error| RenderError::ReadTemplate {
-        path: cmd.template.clone(),
+        path: path.to_string(),
         error,
     })?;
+    render(&text, cmd, ctx)
+}
+
+/// Reads the template from the cluster (in-cluster, `KUBECONFIG` or `~/.kube/config`) and renders it.
+pub fn from_cluster(cmd: &RenderCmd, ctx: &RenderContext) -> Result<Rendered, RenderError> {
+    use crate::kube::{Client, Explicit, KubeConfig, KubeEnv};
+    let name = cmd
+        .name
+        .clone()
+        .or_else(|| ctx.task_template.clone())
+        .unwrap_or_else(|| "scalr-agent-task-template".to_string());
+    let fail = |detail: String| RenderError::Cluster {
+        name: name.clone(),
+        detail,
+    };
+    let explicit = Explicit {
+        namespace: ctx.namespace.clone(),
+        ..Explicit::default()
+    };
+    let config = KubeConfig::discover(&KubeEnv::from_process(), &explicit)
+        .map_err(|e| fail(e.to_string()))?;
+    let client = Client::new(&config, &crate::http::HttpOptions::default())
+        .map_err(|e| fail(e.to_string()))?;
+    let cluster = super::cluster::KubeCluster::new(
+        &client,
+        &config.namespace,
+        crate::http::RetryPolicy::fast(3),
+        None,
+    );
+    let value = super::cluster::Cluster::get_template(&cluster, &name)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| {
+            fail(format!(
+                "it does not exist in namespace {}; is the chart installed there?",
+                config.namespace
+            ))
+        })?;
+    let ctx = RenderContext {
+        namespace: Some(config.namespace.clone()),
+        ..ctx.clone()
+    };
+    let cmd = RenderCmd {
+        name: Some(name.clone()),
+        template: Some(format!("cluster:{}/{name}", config.namespace)),
+        ..cmd.clone()
+    };
+    render_value(&value, &cmd, &ctx)
+}
+
+/// Renders one `AgentTaskTemplate` object.
+pub fn render_value(
+    value: &Value,
+    cmd: &RenderCmd,
+    ctx: &RenderContext,
+) -> Result<Rendered, RenderError> {
+    let text = serde_json::to_string(value).map_err(|e| RenderError::Serialize(e.to_string()))?;
     render(&text, cmd, ctx)
 }
 
@@ -187,7 +257,7 @@ pub fn render(
     cmd: &RenderCmd,
     ctx: &RenderContext,
 ) -> Result<Rendered, RenderError> {
-    let path = cmd.template.as_str();
+    let path = cmd.template.as_deref().unwrap_or("-");
     let docs = documents(manifest).map_err(|(document, cause)| RenderError::ParseManifest {
         path: path.to_string(),
         document,

@@ -10,7 +10,7 @@ const FIXTURE: &str = include_str!("../../tests/fixtures/agent-task-template.yam
 
 fn cmd(output: OutputFormat) -> RenderCmd {
     RenderCmd {
-        template: "tpl.yaml".into(),
+        template: Some("tpl.yaml".into()),
         name: None,
         task_id: "task-sample0000000001".into(),
         run_id: "run-sample0000000001".into(),
@@ -78,6 +78,7 @@ fn json_output_is_a_list() {
     let ctx = RenderContext {
         namespace: Some("ci".into()),
         controller_id: Some("prod-scalr-agent-abc".into()),
+        task_template: None,
     };
     let mut c = cmd(OutputFormat::Json);
     c.task_id = "task-custom".into();

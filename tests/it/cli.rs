@@ -183,11 +183,18 @@ fn check_reaches_a_tls_platform_through_a_ca_file() {
     ];
     let out = run(&["check"], &env);
     let report = text(&out);
-    assert!(out.status.success(), "{report}");
     assert!(
         report.contains("PASS platform reachable") && report.contains("HTTP 200"),
         "{report}"
     );
+    // This server is no platform and there is no cluster: the later lines say so, with a fix
+    // (`tests/it/controller/check.rs` runs the whole check against the simulators).
+    assert!(report.contains("FAIL platform credential"), "{report}");
+    assert!(
+        report.contains("FAIL kubernetes configuration") && report.contains("KUBECONFIG"),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
 
     // Without the CA the same server is refused, and the fix names the CA setting.
     let out = run(&["check"], &env[..2]);

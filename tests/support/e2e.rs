@@ -155,10 +155,16 @@ impl E2e {
         });
 
         let objects = render_chart(&platform.url(), &pool.token, &options);
-        for object in objects.iter().filter(|o| o["kind"] == "CustomResourceDefinition") {
+        for object in objects
+            .iter()
+            .filter(|o| o["kind"] == "CustomResourceDefinition")
+        {
             kube.put(object.clone());
         }
-        for object in objects.iter().filter(|o| o["kind"] != "CustomResourceDefinition") {
+        for object in objects
+            .iter()
+            .filter(|o| o["kind"] != "CustomResourceDefinition")
+        {
             let mut object = object.clone();
             if object["metadata"]["namespace"].is_null() {
                 object["metadata"]["namespace"] = Value::from(NAMESPACE);
@@ -184,7 +190,10 @@ impl E2e {
         };
         executor_options = executor_options
             .image(&images.agent, Image::scalr_agent(&options.binary))
-            .image(&images.runner, Image::runner(tools::tool("terraform").parent().expect("bin dir")));
+            .image(
+                &images.runner,
+                Image::runner(tools::tool("terraform").parent().expect("bin dir")),
+            );
         let executor = PodExecutor::start(&kube, executor_options);
 
         E2e {
@@ -224,7 +233,10 @@ impl E2e {
             .chain(container["args"].as_array().into_iter().flatten())
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
-        assert_eq!(command[0], "/usr/local/bin/scalr-agent", "the image's binary");
+        assert_eq!(
+            command[0], "/usr/local/bin/scalr-agent",
+            "the image's binary"
+        );
         let data = self.dir.path().join(format!("controller-{pod_name}"));
         std::fs::create_dir_all(&data).expect("controller data dir");
         let mut cmd = Command::new(&self.options.binary);
@@ -242,7 +254,10 @@ impl E2e {
         }
         let mut n = self.controllers.lock().expect("controllers");
         *n += 1;
-        let log = self.dir.path().join(format!("controller-{pod_name}-{n}.log"));
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller-{pod_name}-{n}.log"));
         let file = std::fs::File::create(&log).expect("controller log");
         let child = cmd
             .stdin(Stdio::null())
@@ -263,7 +278,11 @@ impl E2e {
     }
 
     /// Like [`E2e::queue_run`], with changes to the run.
-    pub fn queue_run_with(&self, files: &[(&str, &str)], edit: impl FnOnce(&mut RunSpec)) -> String {
+    pub fn queue_run_with(
+        &self,
+        files: &[(&str, &str)],
+        edit: impl FnOnce(&mut RunSpec),
+    ) -> String {
         let files: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_bytes())).collect();
         let cv = self
             .platform
@@ -324,7 +343,11 @@ impl E2e {
         let deadline = Instant::now() + timeout;
         while !self.leftovers().is_empty() {
             if Instant::now() >= deadline {
-                panic!("left behind: {:?}\n{}", self.leftovers(), self.diagnostics());
+                panic!(
+                    "left behind: {:?}\n{}",
+                    self.leftovers(),
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -346,7 +369,8 @@ impl E2e {
 
     /// Deletes a Job as `kubectl delete job` would (background propagation).
     pub fn delete_job(&self, name: &str) -> bool {
-        self.kube.delete("jobs", NAMESPACE, name, Propagation::Background)
+        self.kube
+            .delete("jobs", NAMESPACE, name, Propagation::Background)
     }
 
     /// What helps when a test fails: runs, Jobs, pods, executor errors, controller logs.
@@ -402,7 +426,10 @@ fn tail(text: &str, lines: usize) -> String {
 pub fn is_terminal(status: RunStatus) -> bool {
     matches!(
         status,
-        RunStatus::Applied | RunStatus::PlannedAndFinished | RunStatus::Errored | RunStatus::Canceled
+        RunStatus::Applied
+            | RunStatus::PlannedAndFinished
+            | RunStatus::Errored
+            | RunStatus::Canceled
     )
 }
 
@@ -441,8 +468,16 @@ fn render_chart(url: &str, token: &str, options: &E2eOptions) -> Vec<Value> {
         .args(["--namespace", NAMESPACE, "--include-crds"])
         .args(["--set", &format!("agent.url={url}")])
         .args(["--set", &format!("agent.token={token}")])
-        .args(["--set", &format!("agent.concurrency={}", options.concurrency)])
-        .args(["--set", "agent.debug=true", "--set", "agent.logFormat=plain"])
+        .args([
+            "--set",
+            &format!("agent.concurrency={}", options.concurrency),
+        ])
+        .args([
+            "--set",
+            "agent.debug=true",
+            "--set",
+            "agent.logFormat=plain",
+        ])
         .args(["--set", "task.ttlSecondsAfterFinished=1"]);
     for value in &options.values {
         cmd.args(["--set", value]);
@@ -484,14 +519,17 @@ fn resolve_env(container: &Value, pod_name: &str, objects: &[Value]) -> Vec<(Str
                 .iter()
                 .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name_ref)
                 .and_then(|s| {
-                    s["stringData"][key].as_str().map(str::to_string).or_else(|| {
-                        s["data"][key].as_str().and_then(|b| {
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b)
-                                .ok()
-                                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    s["stringData"][key]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| {
+                            s["data"][key].as_str().and_then(|b| {
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b)
+                                    .ok()
+                                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            })
                         })
-                    })
                 })
         } else {
             None

@@ -1,0 +1,124 @@
+//! The housekeeper's reconcile and scan, driven with fakes.
+
+use std::collections::BTreeMap;
+
+use crossbeam_channel::unbounded;
+use k8s_openapi::api::batch::v1::Job;
+
+use super::*;
+use crate::controller::fakes::{FakeCluster, FakePlatform, summary};
+use crate::controller::labels::{ATTEMPT, CONTROLLER, TASK_ID};
+
+struct Rig {
+    keeper: Housekeeper,
+    platform: Arc<FakePlatform>,
+    cluster: Arc<FakeCluster>,
+    limiter: Receiver<LimiterInput>,
+    supervisor: Receiver<SupervisorInput>,
+}
+
+fn rig() -> Rig {
+    let platform = Arc::new(FakePlatform::default());
+    let cluster = Arc::new(FakeCluster::default());
+    let (limiter_tx, limiter) = unbounded();
+    let (supervisor_tx, supervisor) = unbounded();
+    let lease = LeaseKeeper::new(cluster.clone(), "prod", "me", lease::DEFAULT_DURATION);
+    let keeper = Housekeeper::new(
+        HousekeeperConfig::new("prod", "me"),
+        platform.clone(),
+        cluster.clone(),
+        lease,
+        limiter_tx,
+        supervisor_tx,
+        EventRecorder::new(cluster.clone(), "me"),
+        Arc::new(Metrics::default()),
+        Lifecycle::new(),
+    );
+    Rig {
+        keeper,
+        platform,
+        cluster,
+        limiter,
+        supervisor,
+    }
+}
+
+fn job(rig: &Rig, name: &str, task: &str, attempt: u32, controller: &str) {
+    let mut j = Job::default();
+    j.metadata.name = Some(name.into());
+    j.metadata.annotations = Some(BTreeMap::from([
+        (TASK_ID.to_string(), task.to_string()),
+        (ATTEMPT.to_string(), attempt.to_string()),
+        (CONTROLLER.to_string(), controller.to_string()),
+    ]));
+    rig.cluster.create_job(&j).expect("job");
+}
+
+#[test]
+fn reconcile_launches_held_tasks_and_releases_jobs_of_tasks_that_moved_on() {
+    let mut rig = rig();
+    rig.platform.task_is(summary(
+        "t-held",
+        1,
+        TaskStatus::Acquired,
+        Some("agent-self"),
+    ));
+    rig.platform
+        .task_is(summary("t-reoffered", 2, TaskStatus::Queued, None));
+    rig.platform.task_is(summary(
+        "t-running",
+        1,
+        TaskStatus::Running,
+        Some("agent-gone"),
+    ));
+    job(&rig, "j-reoffered", "t-reoffered", 1, "me");
+    job(&rig, "j-running", "t-running", 1, "me");
+    rig.keeper.reconcile("test");
+    let launched: Vec<String> = rig
+        .limiter
+        .try_iter()
+        .filter_map(|m| match m {
+            LimiterInput::Held(t) => Some(t.identity.task_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(launched, ["t-held"]);
+    let unheld: Vec<(String, u32)> = rig
+        .supervisor
+        .try_iter()
+        .filter_map(|m| match m {
+            SupervisorInput::Unheld { task_id, attempt } => Some((task_id, attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unheld, [("t-reoffered".to_string(), 1)]);
+    assert!(rig.cluster.calls().contains(&"list_jobs ".to_string()));
+}
+
+#[test]
+fn a_scan_adopts_jobs_of_a_controller_without_a_lease_once_its_own_lease_is_healthy() {
+    let mut rig = rig();
+    job(&rig, "j-orphan", "t1", 1, "vanished");
+    rig.keeper.scan();
+    assert!(
+        !rig.cluster
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("set_job_controller")),
+        "no adoption without a healthy own Lease"
+    );
+    rig.keeper.tick();
+    let jobs = rig.cluster.jobs.lock().expect("jobs");
+    let ann = jobs["j-orphan"]
+        .metadata
+        .annotations
+        .clone()
+        .expect("annotations");
+    assert_eq!(ann.get(CONTROLLER).map(String::as_str), Some("me"));
+    drop(jobs);
+    assert!(
+        rig.cluster
+            .event_reasons()
+            .contains(&reason::ADOPTED.to_string())
+    );
+}
