@@ -6,6 +6,7 @@ mod support;
 mod chart;
 mod cli;
 mod controller;
+mod e2e;
 mod http;
 mod kube_client;
 mod kube_sim;
