@@ -43,7 +43,7 @@ fn main() {
         "Kubernetes Jobs created: {}",
         jobs.keys().cloned().collect::<Vec<_>>().join(", ")
     );
-    if let Some(state) = world.platform.state(&world.workspace) {
+    if let Some(state) = world.platform.state(&view.workspace) {
         println!("state stored on the platform: {} bytes", state.len());
     }
     drop(controller);

@@ -133,6 +133,7 @@ pub struct E2e {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     controllers: Mutex<usize>,
+    workspaces: Mutex<usize>,
 }
 
 impl E2e {
@@ -207,6 +208,7 @@ impl E2e {
             dir,
             kubeconfig,
             controllers: Mutex::new(0),
+            workspaces: Mutex::new(0),
         }
     }
 
@@ -272,24 +274,34 @@ impl E2e {
         }
     }
 
-    /// Uploads a configuration version of `files` and queues a plan-and-apply run.
+    /// Queues a plan-and-apply run of `files` in a workspace of its own (the platform runs one run
+    /// of a workspace at a time; the simulator leaves that to its users, like the state lock does).
     pub fn queue_run(&self, files: &[(&str, &str)]) -> String {
-        self.queue_run_with(files, |_| {})
+        let n = {
+            let mut n = self.workspaces.lock().expect("workspaces");
+            *n += 1;
+            *n
+        };
+        let workspace =
+            self.platform
+                .create_workspace(&self.pool.id, "production", &format!("e2e-{n}"));
+        self.queue_run_in(&workspace, files, |_| {})
     }
 
-    /// Like [`E2e::queue_run`], with changes to the run.
-    pub fn queue_run_with(
+    /// Queues a run of `files` in `workspace`, with changes to the run.
+    pub fn queue_run_in(
         &self,
+        workspace: &str,
         files: &[(&str, &str)],
         edit: impl FnOnce(&mut RunSpec),
     ) -> String {
         let files: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_bytes())).collect();
         let cv = self
             .platform
-            .upload_configuration_version(&self.workspace, tar_gz(&files));
+            .upload_configuration_version(workspace, tar_gz(&files));
         let mut spec = RunSpec::new(&cv);
         edit(&mut spec);
-        self.platform.queue_run(&self.workspace, spec)
+        self.platform.queue_run(workspace, spec)
     }
 
     /// Waits until `run` is terminal (applied, planned and finished, errored, canceled).

@@ -20,7 +20,7 @@ fn a_run_is_planned_and_applied_through_jobs_and_its_state_lands_on_the_platform
     }
     let state = world
         .platform
-        .state(&world.workspace)
+        .state(&view.workspace)
         .expect("state on the platform");
     let state: serde_json::Value = serde_json::from_slice(&state).expect("state JSON");
     assert_eq!(state["resources"][0]["type"], "terraform_data");
@@ -31,7 +31,7 @@ fn a_run_is_planned_and_applied_through_jobs_and_its_state_lands_on_the_platform
     world.wait_clean(RUN_TIMEOUT);
 
     // A second run of the same configuration plans no changes and ends after the plan.
-    let again = world.queue_run(&[("main.tf", SAMPLE_TF)]);
+    let again = world.queue_run_in(&view.workspace, &[("main.tf", SAMPLE_TF)], |_| {});
     let view = world.wait_terminal(&again, RUN_TIMEOUT);
     assert_eq!(
         view.status,

@@ -3,6 +3,7 @@
 //! queued on the platform simulator. Every test checks nothing was lost: each queued run reaches a
 //! terminal status, its log is complete, no task Job or Secret is left, no Job was created twice.
 
+mod faults;
 mod happy;
 
 use std::time::Duration;
