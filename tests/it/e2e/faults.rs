@@ -226,3 +226,34 @@ fn a_revoked_pool_token_stops_the_controller_with_a_clear_message() {
     );
     nothing_lost(&world, &[run]);
 }
+
+#[test]
+fn runner_memory_at_the_soft_limit_stops_terraform_which_pushes_state_and_the_run_errors() {
+    // A runner limit of 800Mi: the soft limit (80 %) is 640Mi. The apply's provisioner holds 550 MB
+    // on top of terraform itself; the pod executor reports the container's resident memory in its
+    // cgroup, exec-loop's monitor sees it cross the soft limit and stops the command gracefully.
+    let world = world_with(&["task.runner.resources.limits.memory=800Mi"], 2);
+    let _controller = world.start_controller("scalr-agent-0");
+    let hungry = r#"
+resource "terraform_data" "hungry" {
+  provisioner "local-exec" {
+    command = "python3 -c 'import time; b = bytearray(550 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(60)'"
+  }
+}
+"#;
+    let run = world.queue_run(&[("main.tf", hungry)]);
+    let view = world.wait_terminal(&run, RUN_TIMEOUT);
+    assert_eq!(view.status, RunStatus::Errored, "{}", world.diagnostics());
+    let text = format!(
+        "{}\n{}",
+        view.message.clone().unwrap_or_default(),
+        world.run_log(&run)
+    );
+    assert!(text.to_lowercase().contains("memory"), "{text}");
+    let state = world
+        .platform
+        .state(&view.workspace)
+        .expect("terraform pushed its state before exiting");
+    assert!(String::from_utf8_lossy(&state).contains("terraform_data"));
+    nothing_lost(&world, &[run]);
+}
