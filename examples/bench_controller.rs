@@ -149,7 +149,13 @@ fn main() {
     let pool = platform.create_pool("bench");
     let ws = platform.create_workspace(&pool.id, "production", "bench");
     let cv = platform.upload_configuration_version(&ws, tar_gz(&[("main.tf", b"# bench\n")]));
-    platform.register_tool("terraform", "1.15.5", "linux_amd64", "binary", b"#!/bin/sh\n".to_vec());
+    platform.register_tool(
+        "terraform",
+        "1.15.5",
+        "linux_amd64",
+        "binary",
+        b"#!/bin/sh\n".to_vec(),
+    );
     let kube = KubeSim::start(KubeSimOptions {
         namespaces: vec![NS.into()],
         ..KubeSimOptions::default()
@@ -193,7 +199,10 @@ fn main() {
     let ready = dir.path().join("markers/controller/ready");
     let started = Instant::now();
     while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "the controller never got ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the controller never got ready"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (idle_rss, _) = memory(pid);
@@ -203,7 +212,10 @@ fn main() {
             .map(|_| {
                 let run = platform.queue_run(&ws, RunSpec::new(&cv));
                 let at = Instant::now();
-                (platform.stage_task(&run, Stage::Plan).expect("plan task"), at)
+                (
+                    platform.stage_task(&run, Stage::Plan).expect("plan task"),
+                    at,
+                )
             })
             .collect()
     };
@@ -239,7 +251,10 @@ fn main() {
     let (b50, b99, bmax) = percentiles(burst);
     let (rss, hwm) = memory(pid);
 
-    println!("scalr-agent controller benchmark: {} (pid {pid})", bin.display());
+    println!(
+        "scalr-agent controller benchmark: {} (pid {pid})",
+        bin.display()
+    );
     println!(
         "trickle, {} runs queued one at a time: dispatch (run queued -> Job watched) p50 {}, p99 {}, max {}",
         args.trickle,

@@ -207,17 +207,15 @@ fn an_expired_session_is_renewed_and_the_reoffered_task_relaunched() {
     });
     let view = world.platform.task(&task);
     assert_eq!((view.state, view.attempt), (TaskState::Acquired, 2));
-    assert_eq!(view.holder.as_deref(), Some(agent.as_str()), "the same agent, a new session");
+    assert_eq!(
+        view.holder.as_deref(),
+        Some(agent.as_str()),
+        "the same agent, a new session"
+    );
     assert_ne!(
         world.job_of(&task)["metadata"]["uid"],
         first["metadata"]["uid"],
         "the fenced Job was replaced"
     );
-    assert!(
-        world
-            .platform
-            .requests_of(Route::Register)
-            .len()
-            >= 2
-    );
+    assert!(world.platform.requests_of(Route::Register).len() >= 2);
 }
