@@ -306,6 +306,9 @@ pub enum SupervisorInput {
     /// The platform no longer gives this agent the task at this attempt (re-offered, finished,
     /// canceled): delete its Job if the worker has not started.
     Unheld { task_id: String, attempt: u32 },
+    /// The platform says the task's worker started (housekeeper after a restart or an adoption,
+    /// reporter when it overruled a verdict): judge it as started from now on.
+    Started { task_id: String, attempt: u32 },
 }
 
 /// A Job by name and uid; the uid makes a delete a precondition, so a same-named newer Job survives.

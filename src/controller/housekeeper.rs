@@ -193,6 +193,7 @@ impl Housekeeper {
                             a.job,
                             a.from
                         );
+                        self.tell_if_started(&job);
                         let job_ref = JobRef {
                             name: a.job.clone(),
                             uid: job.metadata.uid.unwrap_or_default(),
@@ -248,6 +249,23 @@ impl Housekeeper {
         }
     }
 
+    /// An adopted Job's pod may be gone already: whether its worker started is the platform's to say.
+    fn tell_if_started(&self, job: &k8s_openapi::api::batch::v1::Job) {
+        let Some(identity) = super::labels::identity_of(&job.metadata) else {
+            return;
+        };
+        match self.platform.task(&identity.task_id) {
+            Ok(s) if s.status == TaskStatus::Running && s.attempt == identity.attempt => {
+                let _ = self.supervisor.send(SupervisorInput::Started {
+                    task_id: identity.task_id,
+                    attempt: identity.attempt,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => self.platform_error(&format!("read task {}", identity.task_id), &e),
+        }
+    }
+
     /// Compares this controller's Jobs with the tasks the platform says it holds.
     pub fn reconcile(&mut self, why: &str) {
         self.last_reconcile = Some(Instant::now());
@@ -272,6 +290,11 @@ impl Housekeeper {
         for task in p.launch {
             log::info!("{}: held without a Job; launching it", task.identity);
             let _ = self.limiter.send(LimiterInput::Held(task));
+        }
+        for (task_id, attempt) in p.started {
+            let _ = self
+                .supervisor
+                .send(SupervisorInput::Started { task_id, attempt });
         }
         for cancel in p.cancels {
             let _ = self

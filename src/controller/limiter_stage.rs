@@ -49,8 +49,8 @@ impl FreeSlots {
 /// The limiter actor.
 pub struct LimiterStage {
     limiter: Limiter<LaunchRequest>,
-    /// The attempt of each `Launching` slot.
-    launching: HashMap<String, u32>,
+    /// The attempt of each slot's task: admitted at, or seen on its Job.
+    attempts: HashMap<String, u32>,
     launcher: Sender<LaunchRequest>,
     free: FreeSlots,
     metrics: Arc<Metrics>,
@@ -67,7 +67,7 @@ impl LimiterStage {
     ) -> Self {
         let stage = LimiterStage {
             limiter: Limiter::new(capacity as usize),
-            launching: HashMap::new(),
+            attempts: HashMap::new(),
             launcher,
             free,
             metrics,
@@ -118,8 +118,12 @@ impl LimiterStage {
                     .rebuild(jobs.iter().map(|j| (j.task_id.clone(), j.terminal)), now);
                 // The snapshot confirms (or ends) launches whose Job of that attempt it shows.
                 for job in jobs {
-                    if self.launching.contains_key(&job.task_id) {
-                        admitted.extend(self.job_seen(job, now));
+                    match self.limiter.slot(&job.task_id) {
+                        Some(SlotState::Launching) => admitted.extend(self.job_seen(job, now)),
+                        Some(SlotState::Launched) => {
+                            self.attempts.entry(job.task_id).or_insert(job.attempt);
+                        }
+                        None => {}
                     }
                 }
                 admitted
@@ -151,10 +155,10 @@ impl LimiterStage {
         if self.older_than_launch(&job.task_id, job.attempt) {
             return Vec::new();
         }
-        self.launching.remove(&job.task_id);
         if job.terminal {
             self.release(&job.task_id, now)
         } else {
+            self.attempts.insert(job.task_id.clone(), job.attempt);
             self.limiter.launched(&job.task_id);
             Vec::new()
         }
@@ -163,13 +167,13 @@ impl LimiterStage {
     fn older_than_launch(&self, task_id: &str, attempt: u32) -> bool {
         self.limiter.slot(task_id) == Some(SlotState::Launching)
             && self
-                .launching
+                .attempts
                 .get(task_id)
                 .is_some_and(|launching| attempt < *launching)
     }
 
     fn release(&mut self, task_id: &str, now: Instant) -> Vec<LaunchRequest> {
-        self.launching.remove(task_id);
+        self.attempts.remove(task_id);
         self.limiter.release(task_id, now)
     }
 
@@ -203,10 +207,24 @@ impl LimiterStage {
         if self.draining {
             return Vec::new();
         }
-        match self.limiter.offer(&id, request, now, expires) {
-            Offer::Admitted(request) => vec![request],
-            Offer::Queued | Offer::Duplicate => Vec::new(),
+        // Offered again at a higher attempt: the platform fenced the attempt this slot was for
+        // (a re-registration, an agent offline); the new launch replaces its Job.
+        let mut freed = Vec::new();
+        if let (Some(held), LaunchRequest::Offer { offer, .. }) = (self.attempts.get(&id), &request)
+            && offer.identity.attempt > *held
+            && self.limiter.slot(&id).is_some()
+        {
+            log::info!(
+                "task {id} is offered again at attempt {} (attempt {held} was fenced)",
+                offer.identity.attempt
+            );
+            freed = self.release(&id, now);
         }
+        match self.limiter.offer(&id, request, now, expires) {
+            Offer::Admitted(request) => freed.push(request),
+            Offer::Queued | Offer::Duplicate => {}
+        }
+        freed
     }
 
     fn send(&mut self, admitted: Vec<LaunchRequest>, now: Instant) {
@@ -221,7 +239,7 @@ impl LimiterStage {
                 LaunchRequest::Offer { offer, .. } => offer.identity.attempt,
                 LaunchRequest::Held(held) => held.identity.attempt,
             };
-            self.launching.insert(id.clone(), attempt);
+            self.attempts.insert(id.clone(), attempt);
             if let LaunchRequest::Offer { received_at, .. } = &request {
                 self.metrics
                     .limiter_slot_wait_seconds

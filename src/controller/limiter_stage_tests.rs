@@ -243,3 +243,35 @@ fn draining_admits_nothing_and_advertises_nothing() {
     assert!(launched_ids(&rx).is_empty());
     assert_eq!(free.get(), 0);
 }
+
+#[test]
+fn a_task_offered_again_at_a_higher_attempt_takes_over_its_slot() {
+    let (mut s, rx, _) = stage(1);
+    let now = Instant::now();
+    offered(&mut s, &["t1"], now);
+    s.handle(LimiterInput::JobChanged(seen("t1", 1, false)), now);
+    assert_eq!(launched_ids(&rx), ["t1"]);
+    // The same attempt again is a duplicate; a higher one is a new launch in the same slot.
+    assert_eq!(offered(&mut s, &["t1"], now), 0);
+    assert!(launched_ids(&rx).is_empty());
+    let mut again = offer("t1");
+    again.identity.attempt = 2;
+    s.handle(
+        LimiterInput::Offered {
+            offers: vec![again],
+            reply: None,
+        },
+        now,
+    );
+    assert_eq!(launched_ids(&rx), ["t1"]);
+    assert_eq!(s.limiter().in_flight(), 1);
+    // The fenced Job's deletion does not end the new launch.
+    s.handle(
+        LimiterInput::JobGone {
+            task_id: "t1".into(),
+            attempt: 1,
+        },
+        now,
+    );
+    assert_eq!(s.limiter().slot("t1"), Some(SlotState::Launching));
+}

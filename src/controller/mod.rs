@@ -297,7 +297,8 @@ pub fn run(
             events.clone(),
             metrics.clone(),
             lifecycle.clone(),
-        );
+        )
+        .with_supervisor(supervisor_tx.clone());
         threads
             .spawn("reporter", move || {
                 reporter::run(reporter, &reporter_rx);

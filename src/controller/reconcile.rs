@@ -38,6 +38,8 @@ pub struct Plan {
     pub confirm_cancel: Vec<String>,
     /// This controller's unfinished Jobs whose task is not held at their attempt: (task, attempt).
     pub check: Vec<(String, u32)>,
+    /// Held tasks with a Job whose worker the platform says started: (task, attempt).
+    pub started: Vec<(String, u32)>,
 }
 
 fn mine(job: &Job, me: &str) -> bool {
@@ -62,6 +64,9 @@ pub fn plan(jobs: &[Job], held: &[HeldTask], me: &str) -> Plan {
                 mode: super::agent_api::cancel_mode(mode),
             }),
             (Some(_), false) => out.confirm_cancel.push(identity.task_id.clone()),
+            (None, true) if h.task.status == crate::platform::TaskStatus::Running => out
+                .started
+                .push((identity.task_id.clone(), identity.attempt)),
             (None, true) => {}
             (None, false) => out.launch.push(TaskAcquired {
                 identity,

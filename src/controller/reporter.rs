@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, select};
+use crossbeam_channel::{Receiver, Sender, select};
 
 use super::agent_api::{self, AgentApi};
 use super::cluster::{self, Cluster};
@@ -22,7 +22,7 @@ use super::events::{EventRecorder, EventType, reason};
 use super::lifecycle::Lifecycle;
 use super::metrics::Metrics;
 use crate::kube::KubeError;
-use crate::model::{JobRef, ReporterInput, TaskIdentity};
+use crate::model::{JobRef, ReporterInput, SupervisorInput, TaskIdentity};
 use crate::platform::{PlatformError, TaskStatus, TaskSummary};
 
 /// First wait before retrying work that failed.
@@ -103,6 +103,7 @@ struct Pending {
 
 /// The reporter actor.
 pub struct Reporter {
+    supervisor: Option<Sender<SupervisorInput>>,
     platform: Arc<dyn AgentApi>,
     cluster: Arc<dyn Cluster>,
     events: EventRecorder,
@@ -121,12 +122,29 @@ impl Reporter {
         lifecycle: Lifecycle,
     ) -> Self {
         Reporter {
+            supervisor: None,
             platform,
             cluster,
             events,
             metrics,
             lifecycle,
             pending: VecDeque::new(),
+        }
+    }
+
+    /// Tells `supervisor` when the platform overrules a verdict (the worker had started).
+    pub fn with_supervisor(mut self, supervisor: Sender<SupervisorInput>) -> Self {
+        self.supervisor = Some(supervisor);
+        self
+    }
+
+    fn overruled(&self, identity: &TaskIdentity) {
+        if let Some(tx) = &self.supervisor {
+            // Never block: the supervisor may be sending to this reporter right now.
+            let _ = tx.try_send(SupervisorInput::Started {
+                task_id: identity.task_id.clone(),
+                attempt: identity.attempt,
+            });
         }
     }
 
@@ -287,6 +305,9 @@ impl Reporter {
                 "{identity}: not failed on the platform ({decision:?}): {}",
                 failed.message
             );
+            if decision == Decision::Started {
+                self.overruled(identity);
+            }
         }
         if let Some(job) = job {
             if handled == Handled::Reported {
@@ -311,6 +332,7 @@ impl Reporter {
         };
         if decision == Decision::Started {
             log::info!("{identity}: cancel: the worker started first and handles it");
+            self.overruled(identity);
             return Ok(Handled::Skipped(decision));
         }
         self.delete_job(job)?;

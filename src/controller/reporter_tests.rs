@@ -164,6 +164,23 @@ fn nothing_is_reported_for_tasks_that_moved_on_and_started_jobs_are_left_alone()
 }
 
 #[test]
+fn an_overruled_verdict_is_told_to_the_supervisor() {
+    let mut rig = rig();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    rig.reporter = rig.reporter.with_supervisor(tx);
+    rig.platform
+        .task_is(summary("t1", 1, TaskStatus::Running, Some("agent-self")));
+    assert_eq!(
+        rig.reporter.handle(fail("t1", None, false)),
+        Handled::Skipped(Decision::Started)
+    );
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(SupervisorInput::Started { attempt: 1, .. })
+    ));
+}
+
+#[test]
 fn retryable_trouble_is_queued_and_a_401_stops_intake() {
     let mut rig = rig();
     rig.platform

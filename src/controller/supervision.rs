@@ -135,6 +135,17 @@ impl TaskState {
     pub fn phase(&self) -> Phase {
         self.phase
     }
+
+    /// The platform says the worker started this task (a Job found at a restart or adopted, whose
+    /// running pod the watches may never have shown; or a verdict the platform overruled): from now
+    /// on the task is judged as started, with `pod` (the current one, if any) as the worker's.
+    pub fn mark_started(&mut self, pod: Option<&Pod>) {
+        if self.phase != Phase::WorkerStarted {
+            self.phase = Phase::WorkerStarted;
+            self.worker_pod = pod.and_then(pod_key);
+            self.lost_since = None;
+        }
+    }
 }
 
 /// What to do about a task now.

@@ -107,6 +107,7 @@ pub struct Supervisor {
     entries: HashMap<String, Entry>,
     pending_cancels: HashMap<String, (CancelMode, Instant)>,
     pending_unheld: HashMap<String, (u32, Instant)>,
+    pending_started: HashMap<String, (u32, Instant)>,
     jobs_listed: bool,
     pods_listed: bool,
     synced: Arc<AtomicBool>,
@@ -133,6 +134,7 @@ impl Supervisor {
             entries: HashMap::new(),
             pending_cancels: HashMap::new(),
             pending_unheld: HashMap::new(),
+            pending_started: HashMap::new(),
             jobs_listed: false,
             pods_listed: false,
             synced,
@@ -186,6 +188,8 @@ impl Supervisor {
                 self.pending_cancels
                     .retain(|_, (_, at)| at.elapsed() < hour);
                 self.pending_unheld.retain(|_, (_, at)| at.elapsed() < hour);
+                self.pending_started
+                    .retain(|_, (_, at)| at.elapsed() < hour);
             }
         }
         self.metrics
@@ -234,7 +238,7 @@ impl Supervisor {
                 let _ = self.limiter.send(LimiterInput::JobsListed(seen));
                 let tasks: Vec<String> = self.jobs.keys().cloned().collect();
                 for task in tasks {
-                    self.ensure_entry(&task);
+                    self.ensure_entry(&task, now);
                 }
                 self.jobs_listed = true;
                 self.assess_all(now);
@@ -250,7 +254,7 @@ impl Supervisor {
                         terminal: job_is_terminal(&job),
                     }));
                     self.jobs.insert(task.clone(), job);
-                    self.ensure_entry(&task);
+                    self.ensure_entry(&task, now);
                     self.assess_task(&task, now);
                 } else if self
                     .jobs
@@ -332,7 +336,7 @@ impl Supervisor {
         self.entries.remove(task);
     }
 
-    fn ensure_entry(&mut self, task: &str) {
+    fn ensure_entry(&mut self, task: &str, now: Timestamp) {
         let Some(job) = self.jobs.get(task) else {
             return;
         };
@@ -361,7 +365,7 @@ impl Supervisor {
             launched.job_name
         );
         self.entries.insert(task.to_string(), new_entry(&launched));
-        self.apply_pending_cancel(task, Timestamp::now());
+        self.apply_pending_cancel(task, now);
     }
 
     fn assess_all(&mut self, now: Timestamp) {
@@ -371,7 +375,7 @@ impl Supervisor {
         }
     }
 
-    fn assess_task(&mut self, task: &str, now: Timestamp) {
+    pub(super) fn assess_task(&mut self, task: &str, now: Timestamp) {
         if !(self.jobs_listed && self.pods_listed) {
             return;
         }
@@ -390,14 +394,7 @@ impl Supervisor {
             }
             return;
         }
-        let pods: Vec<&Pod> = self
-            .pods
-            .get(task)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|p| uid.is_empty() || owned_by(p, &uid))
-            .collect();
-        let pod = facts::current_pod(pods).cloned();
+        let pod = self.current_pod(task, &uid);
         if self.events_needed(task, job.as_ref(), pod.as_ref(), now) {
             self.refresh_events(task, pod.as_ref());
         }
@@ -477,6 +474,18 @@ impl Supervisor {
                 cause: SlotFreedCause::JobDeleted,
             }));
         }
+    }
+
+    /// The newest pod of the task's Job (`job_uid`; any of the task's pods when unknown).
+    fn current_pod(&self, task: &str, job_uid: &str) -> Option<Pod> {
+        let pods: Vec<&Pod> = self
+            .pods
+            .get(task)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|p| job_uid.is_empty() || owned_by(p, job_uid))
+            .collect();
+        facts::current_pod(pods).cloned()
     }
 
     fn events_needed(

@@ -47,6 +47,14 @@ impl Supervisor {
                     }
                 }
             }
+            SupervisorInput::Started { task_id, attempt } => {
+                if self.entries.contains_key(&task_id) {
+                    self.started(&task_id, attempt, now);
+                } else {
+                    self.pending_started
+                        .insert(task_id, (attempt, Instant::now()));
+                }
+            }
             SupervisorInput::Unheld { task_id, attempt } => {
                 if self.entries.contains_key(&task_id) {
                     self.unheld(&task_id, attempt);
@@ -81,12 +89,38 @@ impl Supervisor {
         });
     }
 
+    /// The platform says the worker of `task` at `attempt` started: judge it as started, reopening
+    /// an entry whose pre-start verdict the platform overruled.
+    fn started(&mut self, task: &str, attempt: u32, now: Timestamp) {
+        let Some(entry) = self.entries.get_mut(task) else {
+            return;
+        };
+        if entry.state.identity.attempt != attempt || entry.state.phase() == Phase::WorkerStarted {
+            return;
+        }
+        log::info!(
+            "{}: the platform says its worker started; supervising it as started",
+            entry.state.identity
+        );
+        let uid = entry.job.uid.clone();
+        let pod = self.current_pod(task, &uid);
+        if let Some(entry) = self.entries.get_mut(task) {
+            entry.state.mark_started(pod.as_ref());
+            entry.done = false;
+            entry.recheck = None;
+        }
+        self.assess_task(task, now);
+    }
+
     pub(super) fn apply_pending_cancel(&mut self, task: &str, now: Timestamp) {
         if let Some((mode, _)) = self.pending_cancels.remove(task) {
             self.cancel(task, mode, now);
         }
         if let Some((attempt, _)) = self.pending_unheld.remove(task) {
             self.unheld(task, attempt);
+        }
+        if let Some((attempt, _)) = self.pending_started.remove(task) {
+            self.started(task, attempt, now);
         }
     }
 

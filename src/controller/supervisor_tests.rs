@@ -393,3 +393,50 @@ fn a_lost_worker_is_confirmed_with_the_platform_after_the_grace() {
     assert_eq!((reason, confirm_final), (FailureReason::WorkerLost, true));
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn the_platform_saying_the_worker_started_makes_a_found_job_a_started_task() {
+    // Adopted (or found at a restart) after its pod was gone: the watches never showed the worker
+    // running, so only the platform can say it started; then the missing pod means a lost worker.
+    let mut rig = Rig::new().synced(vec![], vec![]);
+    rig.at(
+        0,
+        SupervisorEvent::Input(SupervisorInput::Started {
+            task_id: "t1".into(),
+            attempt: 1,
+        }),
+    );
+    rig.at(
+        1,
+        SupervisorEvent::Jobs(WatchEvent::Applied(job("t1", "u1", ME))),
+    );
+    assert_eq!(rig.sup.phase("t1"), Some(Phase::WorkerStarted));
+    let grace = SupervisionSettings::default().final_status_grace.as_secs() as i64;
+    rig.at(1 + grace, SupervisorEvent::Tick);
+    let (reason, confirm_final, _) = failure(&rig.reports()).expect("confirmed");
+    assert_eq!((reason, confirm_final), (FailureReason::WorkerLost, true));
+}
+
+#[test]
+fn a_verdict_the_platform_overruled_reopens_supervision() {
+    let mut rig = Rig::new().synced(vec![job("t1", "u1", ME)], vec![]);
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    rig.at(10_000, SupervisorEvent::Tick);
+    assert_eq!(
+        failure(&rig.reports()).map(|f| f.0),
+        Some(FailureReason::StartupTimeout)
+    );
+    // The reporter found the task running: the worker owns it, supervision goes on.
+    rig.at(
+        10_001,
+        SupervisorEvent::Input(SupervisorInput::Started {
+            task_id: "t1".into(),
+            attempt: 1,
+        }),
+    );
+    assert_eq!(rig.sup.phase("t1"), Some(Phase::WorkerStarted));
+    assert!(
+        rig.sup.next_deadline().is_some(),
+        "the lost pod is judged after the grace"
+    );
+}

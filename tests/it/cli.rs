@@ -49,6 +49,7 @@ fn help_lists_only_subcommands_that_exist() {
         "version",
         "config",
         "check",
+        "controller",
         "render",
         "install",
         "exec-loop",
@@ -188,7 +189,7 @@ fn check_reaches_a_tls_platform_through_a_ca_file() {
         "{report}"
     );
     // This server is no platform and there is no cluster: the later lines say so, with a fix
-    // (`tests/it/controller/check.rs` runs the whole check against the simulators).
+    // (`tests/it/controller/secrets.rs` runs the whole check against the simulators).
     assert!(report.contains("FAIL platform credential"), "{report}");
     assert!(
         report.contains("FAIL kubernetes configuration") && report.contains("KUBECONFIG"),

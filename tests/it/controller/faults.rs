@@ -188,3 +188,34 @@ fn sigterm_stops_intake_deregisters_and_leaves_running_jobs_alone() {
     // Its Lease is gone: another replica may adopt the Job at once.
     assert!(world.kube.list("leases", NS).is_empty());
 }
+
+#[test]
+fn an_expired_session_is_renewed_and_the_reoffered_task_relaunched() {
+    let world = World::quick();
+    let _controller = world.start("ctl-0", 2);
+    let task = world.task_of(&world.queue(1)[0]);
+    let first = world.job_of(&task);
+    let agent = world.platform.task(&task).holder.expect("held");
+    // The platform ends the session (as after missed heartbeats): the unstarted task is offered
+    // again with attempt 2 and a new token; the controller registers again when told 410.
+    world.platform.expire_session(&agent);
+    world.eventually("the task relaunched at attempt 2", |w| {
+        let jobs = w.jobs_of(&task);
+        jobs.len() == 1
+            && jobs[0]["metadata"]["annotations"]["scalr.io/attempt"] == "2"
+            && w.secret_token(&jobs[0]) == w.platform.task_token(&task)
+    });
+    let view = world.platform.task(&task);
+    assert_eq!((view.state, view.attempt), (TaskState::Acquired, 2));
+    assert_eq!(
+        view.holder.as_deref(),
+        Some(agent.as_str()),
+        "the same agent, a new session"
+    );
+    assert_ne!(
+        world.job_of(&task)["metadata"]["uid"],
+        first["metadata"]["uid"],
+        "the fenced Job was replaced"
+    );
+    assert!(world.platform.requests_of(Route::Register).len() >= 2);
+}

@@ -197,3 +197,84 @@ fn until_a_task(world: &World, what: &str, want: impl Fn(&Outcome) -> bool) {
     }
     panic!("no task {what}\n{}", world.kube.dump());
 }
+
+#[test]
+fn a_same_named_job_of_another_task_fails_the_task_and_is_left_alone() {
+    let world = World::new();
+    let run = world.queue(1).remove(0);
+    let task = world.task_of(&run);
+    let name = format!("prod-scalr-agent-{run}-plan");
+    let foreign = world.kube.put(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": NS,
+                     "annotations": {"scalr.io/task-id": "task-someone-else", "scalr.io/attempt": "1"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox"}]}}}
+    }));
+    let _controller = world.start("ctl-0", 2);
+    let view = world
+        .platform
+        .wait_for_run(&run, super::world::WAIT, |s| s == RunStatus::Errored);
+    let message = view.message.unwrap_or_default();
+    assert!(
+        message.contains("Job name taken by another task") && message.contains("task-someone-else"),
+        "{message}"
+    );
+    let still = world
+        .kube
+        .get("jobs", NS, &name)
+        .expect("the other task's Job stays");
+    assert_eq!(still["metadata"]["uid"], foreign["metadata"]["uid"]);
+    assert!(world.jobs_of(&task).is_empty());
+    assert!(
+        world
+            .kube
+            .get("secrets", NS, &format!("{name}-credentials"))
+            .is_none(),
+        "no token left behind"
+    );
+}
+
+#[test]
+fn metrics_are_served_on_the_optional_port() {
+    let world = World::quick();
+    let controller = world.spawn_binary("ctl-0", 2, &[("SCALR_AGENT_METRICS_PORT", "127.0.0.1:0")]);
+    let task = world.task_of(&world.queue(1)[0]);
+    world.job_of(&task);
+    let mut addr = None;
+    world.eventually("the metrics address in the log", |_| {
+        addr = controller
+            .log()
+            .split("serving metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_string);
+        addr.is_some()
+    });
+    let addr = addr.expect("address");
+    let mut body = String::new();
+    world.eventually("a scrape after the launch", |_| {
+        let response =
+            scalr_agent::http::HttpClient::new(&scalr_agent::http::HttpOptions::default())
+                .expect("client")
+                .send(scalr_agent::http::Request::new(
+                    "GET",
+                    format!("http://{addr}/metrics"),
+                ))
+                .expect("scrape");
+        assert_eq!(response.status, 200);
+        body = String::from_utf8_lossy(&response.body).into_owned();
+        body.contains("scalr_agent_launcher_launched_total 1")
+    });
+    for family in [
+        "scalr_agent_poller_offers_total",
+        "scalr_agent_launcher_acquired_total 1",
+        "scalr_agent_launcher_launch_latency_seconds_count 1",
+        "scalr_agent_limiter_in_flight 1",
+        "scalr_agent_limiter_slot_wait_seconds_bucket",
+        "scalr_agent_supervisor_failed_total{reason=\"image_pull\"} 0",
+        "scalr_agent_api_errors_total",
+    ] {
+        assert!(body.contains(family), "{family}:\n{body}");
+    }
+}
