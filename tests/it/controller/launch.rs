@@ -226,13 +226,12 @@ fn a_same_named_job_of_another_task_fails_the_task_and_is_left_alone() {
         .expect("the other task's Job stays");
     assert_eq!(still["metadata"]["uid"], foreign["metadata"]["uid"]);
     assert!(world.jobs_of(&task).is_empty());
-    assert!(
-        world
-            .kube
+    // The credentials Secret is removed right after the failure is reported: wait for it.
+    world.eventually("no token left behind", |w| {
+        w.kube
             .get("secrets", NS, &format!("{name}-credentials"))
-            .is_none(),
-        "no token left behind"
-    );
+            .is_none()
+    });
 }
 
 #[test]

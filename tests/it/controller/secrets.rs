@@ -87,8 +87,13 @@ fn no_token_in_any_log_line_event_or_render_output() {
         log.contains("launched Job") && log.contains("failed on the platform"),
         "{log}"
     );
+    // Events are written right after the platform is told: wait for the TaskFailed one.
+    world.eventually("a TaskFailed Event", |w| {
+        serde_json::to_string(&w.kube.list("events", NS))
+            .expect("json")
+            .contains("TaskFailed")
+    });
     let events = serde_json::to_string(&world.kube.list("events", NS)).expect("json");
-    assert!(events.contains("TaskFailed"), "{events}");
     let kubeconfig = world.dir.path().join("kubeconfig");
     let (code, rendered) = run_binary(&world, &["render"], kubeconfig.to_str().expect("utf8"));
     assert_eq!(code, Some(0), "{rendered}");
