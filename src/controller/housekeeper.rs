@@ -24,6 +24,7 @@ use super::cluster::{self, Cluster};
 use super::events::{EventRecorder, EventType, reason};
 use super::job_builder::owner_reference;
 use super::labels::task_selector;
+use super::launcher::Launching;
 use super::lease::{self, LeaseKeeper};
 use super::lifecycle::Lifecycle;
 use super::metrics::Metrics;
@@ -77,6 +78,7 @@ pub struct Housekeeper {
     events: EventRecorder,
     metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
+    launching: Launching,
     last_scan: Option<Instant>,
     last_reconcile: Option<Instant>,
 }
@@ -105,9 +107,16 @@ impl Housekeeper {
             events,
             metrics,
             lifecycle,
+            launching: Launching::default(),
             last_scan: None,
             last_reconcile: None,
         }
+    }
+
+    /// Shares the launchers' set of tasks in progress (their Secrets are never cleaned up).
+    pub fn with_launching(mut self, launching: Launching) -> Self {
+        self.launching = launching;
+        self
     }
 
     /// Handles a request.
@@ -229,7 +238,17 @@ impl Housekeeper {
         };
         let mut live: BTreeSet<String> = lease::live_holders(&leases, now);
         live.insert(me.clone());
-        for action in orphan_secrets(&secrets, &jobs, &me, &live, now, self.cfg.orphan_grace) {
+        let launching = |task: &str| self.launching.contains(task);
+        let actions = orphan_secrets(
+            &secrets,
+            &jobs,
+            &me,
+            &live,
+            &launching,
+            now,
+            self.cfg.orphan_grace,
+        );
+        for action in actions {
             let result = match &action {
                 SecretAction::SetOwner {
                     secret,

@@ -42,6 +42,30 @@ use crate::model::{
 };
 use crate::secret::Secret;
 
+/// The tasks the launchers are working on right now, shared with the housekeeper so its janitor
+/// never deletes the Secret of a launch between its Secret and its Job.
+#[derive(Clone, Debug, Default)]
+pub struct Launching(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+
+impl Launching {
+    /// Whether a launcher is working on `task`.
+    pub fn contains(&self, task: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(task)
+    }
+
+    fn set(&self, task: &str, on: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            set.insert(task.to_string());
+        } else {
+            set.remove(task);
+        }
+    }
+}
+
 /// How many times a create is repeated after replacing an object of an older attempt.
 pub const CREATE_ROUNDS: usize = 4;
 
@@ -145,6 +169,8 @@ pub struct Launcher {
     pub metrics: Arc<Metrics>,
     /// Stop signals.
     pub lifecycle: Lifecycle,
+    /// The tasks being launched (shared by the pool and the housekeeper).
+    pub launching: Launching,
 }
 
 impl Launcher {
@@ -152,7 +178,9 @@ impl Launcher {
     pub fn handle(&mut self, request: LaunchRequest) -> Outcome {
         self.metrics.launcher_in_progress.add(1);
         let task_id = request.task_id().to_string();
+        self.launching.set(&task_id, true);
         let result = self.launch(request);
+        self.launching.set(&task_id, false);
         self.metrics.launcher_in_progress.add(-1);
         let outcome = match result {
             Ok(launched) => Outcome::Launched(launched),

@@ -44,6 +44,7 @@ fn rig() -> Rig {
         events: EventRecorder::new(cluster.clone(), "ctl-0"),
         metrics: Arc::new(Metrics::default()),
         lifecycle: Lifecycle::new(),
+        launching: Launching::default(),
     };
     Rig {
         launcher,

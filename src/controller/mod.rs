@@ -187,6 +187,7 @@ pub fn run(
     let (pods_tx, pods_rx) = bounded(256);
 
     let free = FreeSlots::default();
+    let launching = launcher::Launching::default();
     let synced = Arc::new(AtomicBool::new(false));
     let events = EventRecorder::new(cluster.clone(), &name);
     let mut threads = Threads::new(stop.clone());
@@ -281,6 +282,7 @@ pub fn run(
             events: events.clone(),
             metrics: metrics.clone(),
             lifecycle: lifecycle.clone(),
+            launching: launching.clone(),
         };
         let inbox = launch_rx.clone();
         threads
@@ -317,7 +319,8 @@ pub fn run(
             events.clone(),
             metrics.clone(),
             lifecycle.clone(),
-        );
+        )
+        .with_launching(launching.clone());
         threads
             .spawn("housekeeper", move || {
                 housekeeper::run(housekeeper, &housekeeper_rx);

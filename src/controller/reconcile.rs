@@ -107,13 +107,14 @@ pub enum SecretAction {
 }
 
 /// What to do about the ownerless credentials Secrets this controller should handle (its own, or
-/// those of controllers without a live Lease, `live`): own them by their Job, or delete them once
-/// older than `grace`.
+/// those of controllers without a live Lease, `live`; never those of tasks it is `launching`): own
+/// them by their Job, or delete them once older than `grace`.
 pub fn orphan_secrets(
     secrets: &[K8sSecret],
     jobs: &[Job],
     me: &str,
     live: &BTreeSet<String>,
+    launching: &dyn Fn(&str) -> bool,
     now: Timestamp,
     grace: Duration,
 ) -> Vec<SecretAction> {
@@ -140,7 +141,7 @@ pub fn orphan_secrets(
         else {
             continue;
         };
-        if !ours {
+        if !ours || launching(&identity.task_id) {
             continue;
         }
         let job_name = name.strip_suffix(CREDENTIALS_SUFFIX).unwrap_or(name);
@@ -253,6 +254,7 @@ mod tests {
             secret("j2-credentials", "t2", 1, "me", 0),
             secret("j3-credentials", "t3", 1, "me", 995),
             secret("j6-credentials", "t6", 1, "me", 995),
+            secret("j7-credentials", "t7", 2, "me", 0),
             secret("j4-credentials", "t4", 1, "alive", 0),
             secret("j5-credentials", "t5", 1, "dead", 0),
             owned,
@@ -264,7 +266,16 @@ mod tests {
         ];
         let live = BTreeSet::from(["alive".to_string(), "me".to_string()]);
         let now = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(1000);
-        let actions = orphan_secrets(&secrets, &jobs, "me", &live, now, Duration::from_secs(60));
+        let launching = |task: &str| task == "t7";
+        let actions = orphan_secrets(
+            &secrets,
+            &jobs,
+            "me",
+            &live,
+            &launching,
+            now,
+            Duration::from_secs(60),
+        );
         assert_eq!(
             actions,
             [

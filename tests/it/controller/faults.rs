@@ -53,6 +53,7 @@ fn watches_dropped_and_history_compacted_mid_flight() {
         }
         false
     });
+    world.eventually("every creation logged", |w| created_jobs(w) >= runs.len());
     assert_eq!(created_jobs(&world), runs.len(), "one Job per task");
     assert!(controller.metrics.limiter_in_flight.get() <= LIMIT as i64);
 }
@@ -71,10 +72,23 @@ fn kubernetes_500s_and_429s_during_launch_are_retried_into_one_job_each() {
         .fail_next("PATCH", "/api/v1/namespaces/ci/secrets/*", 1, 503);
     let _controller = world.start("ctl-0", 3);
     let tasks: Vec<String> = world.queue(3).iter().map(|r| world.task_of(r)).collect();
-    world.eventually("a Job for every task", |w| {
-        tasks.iter().all(|t| w.jobs_of(t).len() == 1)
+    // Every fault met, every Job created once, every Secret owned by its Job.
+    world.eventually("a Job with an owned Secret for every task", |w| {
+        w.kube.pending_faults() == 0
+            && tasks.iter().all(|t| {
+                let jobs = w.jobs_of(t);
+                jobs.len() == 1 && {
+                    let secret = format!(
+                        "{}-credentials",
+                        jobs[0]["metadata"]["name"].as_str().unwrap_or("")
+                    );
+                    w.kube.get("secrets", NS, &secret).is_some_and(|s| {
+                        s["metadata"]["ownerReferences"][0]["uid"] == jobs[0]["metadata"]["uid"]
+                    })
+                }
+            })
     });
-    assert_eq!(world.kube.pending_faults(), 0, "every fault was met");
+    world.eventually("every creation logged", |w| created_jobs(w) >= 3);
     assert_eq!(created_jobs(&world), 3);
     for task in &tasks {
         assert_eq!(world.platform.task(task).state, TaskState::Acquired);

@@ -21,13 +21,16 @@ fn two_controllers_racing_for_the_same_tasks_make_one_job_each() {
     world.eventually("a Job for every task", |w| {
         tasks.iter().all(|t| !w.jobs_of(t).is_empty())
     });
-    let created = world
-        .kube
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/jobs") && r.status == 201)
-        .count();
-    assert_eq!(created, tasks.len(), "one Job per task");
+    // The simulator logs a request just after answering it: wait for the log to catch up.
+    let created = |w: &World| {
+        w.kube
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/jobs") && r.status == 201)
+            .count()
+    };
+    world.eventually("every creation logged", |w| created(w) >= tasks.len());
+    assert_eq!(created(&world), tasks.len(), "one Job per task");
     let mut per_controller: BTreeMap<String, usize> = BTreeMap::new();
     for task in &tasks {
         let jobs = world.jobs_of(task);
