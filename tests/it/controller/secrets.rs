@@ -79,6 +79,13 @@ fn no_token_in_any_log_line_event_or_render_output() {
     world
         .platform
         .wait_for_run(&runs[1], WAIT, |s| s == RunStatus::Canceled);
+    // Events are written asynchronously after the platform is told: wait for the TaskFailed one
+    // before stopping the controller.
+    world.eventually("a TaskFailed Event", |w| {
+        serde_json::to_string(&w.kube.list("events", NS))
+            .expect("json")
+            .contains("TaskFailed")
+    });
     controller.signal(libc::SIGTERM);
     assert_eq!(controller.wait_exit(WAIT), Some(0), "{}", controller.log());
 
@@ -87,12 +94,6 @@ fn no_token_in_any_log_line_event_or_render_output() {
         log.contains("launched Job") && log.contains("failed on the platform"),
         "{log}"
     );
-    // Events are written right after the platform is told: wait for the TaskFailed one.
-    world.eventually("a TaskFailed Event", |w| {
-        serde_json::to_string(&w.kube.list("events", NS))
-            .expect("json")
-            .contains("TaskFailed")
-    });
     let events = serde_json::to_string(&world.kube.list("events", NS)).expect("json");
     let kubeconfig = world.dir.path().join("kubeconfig");
     let (code, rendered) = run_binary(&world, &["render"], kubeconfig.to_str().expect("utf8"));
