@@ -91,7 +91,13 @@ struct Entry {
     events: Vec<Event>,
     events_at: Option<Instant>,
     recheck: Option<Timestamp>,
+    /// When a force cancel was first seen (whatever the phase then: the worker may turn out to
+    /// have started already, and the deadline is armed once the supervisor knows it did).
+    force_at: Option<Timestamp>,
+    /// When the Job of a force-cancelled started task is deleted if it still runs.
     force_deadline: Option<Timestamp>,
+    /// The force-cancel deadline passed and the deletion went to the reporter.
+    force_fired: bool,
     done: bool,
 }
 
@@ -431,12 +437,14 @@ impl Supervisor {
             return;
         };
         entry.state = trial;
+        arm_force_deadline(entry, self.cfg.force_cancel_deadline);
         if let Some(at) = entry.force_deadline
             && at <= now
             && job.is_some()
             && !matches!(verdict, Verdict::Done)
         {
             entry.force_deadline = None;
+            entry.force_fired = true;
             let _ = self.reporter.send(ReporterInput::ForceCancelExpired {
                 identity: entry.state.identity.clone(),
                 job: entry.job.clone(),
@@ -554,9 +562,34 @@ fn new_entry(launched: &TaskLaunched) -> Entry {
         events: Vec::new(),
         events_at: None,
         recheck: None,
+        force_at: None,
         force_deadline: None,
+        force_fired: false,
         done: false,
     }
+}
+
+/// Arms the force-cancel deadline of a force-cancelled task once its worker is known to have
+/// started (counted from when the force cancel was seen, so learning late never extends it).
+fn arm_force_deadline(entry: &mut Entry, deadline: Duration) {
+    let Some(at) = entry.force_at else {
+        return;
+    };
+    if entry.force_deadline.is_some()
+        || entry.force_fired
+        || entry.done
+        || entry.state.phase() < Phase::WorkerStarted
+    {
+        return;
+    }
+    log::info!(
+        "{}: force cancel; the worker stops it, and Job {} is deleted if it still runs {}s after \
+         the force cancel",
+        entry.state.identity,
+        entry.job.name,
+        deadline.as_secs()
+    );
+    entry.force_deadline = Some(at.checked_add(deadline).unwrap_or(Timestamp::MAX));
 }
 
 /// Whether the pod's controlling owner is the Job with this uid (pods without owners count, for

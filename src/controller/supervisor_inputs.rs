@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 
-use super::{Phase, Supervisor, new_entry};
+use super::{Phase, Supervisor, arm_force_deadline, new_entry};
 use crate::model::{CancelMode, CancelRequested, ReporterInput, SupervisorInput};
 
 impl Supervisor {
@@ -108,6 +108,7 @@ impl Supervisor {
             entry.state.mark_started(pod.as_ref());
             entry.done = false;
             entry.recheck = None;
+            arm_force_deadline(entry, self.cfg.force_cancel_deadline);
         }
         self.assess_task(task, now);
     }
@@ -132,7 +133,12 @@ impl Supervisor {
         if entry.done {
             return;
         }
+        if mode == CancelMode::Force && entry.force_at.is_none() {
+            entry.force_at = Some(now);
+        }
         if entry.state.phase() < Phase::WorkerStarted {
+            // If the worker turns out to have started (the reporter asks the platform first), the
+            // entry is re-judged as started and a force cancel's deadline is armed then.
             if !entry.state.cancel_requested {
                 entry.state.cancel_requested = true;
                 let _ = self.reporter.send(ReporterInput::CancelUnstarted {
@@ -140,14 +146,8 @@ impl Supervisor {
                     job: entry.job.clone(),
                 });
             }
-        } else if mode == CancelMode::Force && entry.force_deadline.is_none() {
-            log::info!(
-                "{}: force cancel; the worker stops it, and Job {} is deleted if it still runs in {}s",
-                entry.state.identity,
-                entry.job.name,
-                deadline.as_secs()
-            );
-            entry.force_deadline = Some(now.checked_add(deadline).unwrap_or(Timestamp::MAX));
+        } else {
+            arm_force_deadline(entry, deadline);
         }
     }
 }

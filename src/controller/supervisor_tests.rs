@@ -273,6 +273,94 @@ fn a_force_cancel_of_a_started_task_deletes_the_job_after_the_deadline() {
     ));
 }
 
+fn cancel(rig: &mut Rig, secs: i64, mode: CancelMode) {
+    rig.at(
+        secs,
+        SupervisorEvent::Input(SupervisorInput::CancelRequested(CancelRequested {
+            task_id: "t1".into(),
+            mode,
+        })),
+    );
+}
+
+#[test]
+fn a_cancel_pair_seen_before_the_start_gets_its_deadline_when_the_platform_says_started() {
+    // The worker started, but the Pods watch has not shown it yet: the graceful cancel goes to
+    // the reporter as an unstarted cancel; the force cancel right after must not be lost.
+    let creating = json!({"waiting": {"reason": "ContainerCreating"}});
+    let mut rig = Rig::new().synced(
+        vec![job("t1", "u1", ME)],
+        vec![pod("t1", "u1", creating, false)],
+    );
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    cancel(&mut rig, 10, CancelMode::Graceful);
+    cancel(&mut rig, 11, CancelMode::Force);
+    assert!(matches!(
+        rig.reports().as_slice(),
+        [ReporterInput::CancelUnstarted { .. }]
+    ));
+    // The reporter found the worker started (the platform overruled the unstarted cancel).
+    rig.at(
+        20,
+        SupervisorEvent::Input(SupervisorInput::Started {
+            task_id: "t1".into(),
+            attempt: 1,
+        }),
+    );
+    assert_eq!(rig.sup.phase("t1"), Some(Phase::WorkerStarted));
+    // Counted from the force cancel, not from when the start was learned.
+    assert_eq!(rig.sup.entries["t1"].force_deadline, Some(t(71)));
+    // The watch catches up; nothing else is due before the deadline.
+    rig.at(
+        21,
+        SupervisorEvent::Pods(WatchEvent::Applied(pod("t1", "u1", running(), true))),
+    );
+    assert_eq!(rig.sup.next_deadline(), Some(t(71)));
+    rig.at(70, SupervisorEvent::Tick);
+    assert!(rig.reports().is_empty());
+    rig.at(71, SupervisorEvent::Tick);
+    assert!(matches!(
+        rig.reports().as_slice(),
+        [ReporterInput::ForceCancelExpired { .. }]
+    ));
+    rig.at(200, SupervisorEvent::Tick);
+    assert!(rig.reports().is_empty(), "the deadline fires once");
+}
+
+#[test]
+fn a_cancel_pair_seen_before_the_start_gets_its_deadline_when_the_pod_shows_the_worker() {
+    let mut rig = Rig::new().synced(vec![job("t1", "u1", ME)], vec![]);
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    cancel(&mut rig, 10, CancelMode::Graceful);
+    cancel(&mut rig, 11, CancelMode::Force);
+    let _ = rig.reports();
+    rig.at(
+        12,
+        SupervisorEvent::Pods(WatchEvent::Applied(pod("t1", "u1", running(), true))),
+    );
+    assert_eq!(rig.sup.phase("t1"), Some(Phase::WorkerStarted));
+    assert_eq!(rig.sup.next_deadline(), Some(t(71)));
+    rig.at(71, SupervisorEvent::Tick);
+    assert!(matches!(
+        rig.reports().as_slice(),
+        [ReporterInput::ForceCancelExpired { .. }]
+    ));
+}
+
+#[test]
+fn a_graceful_cancel_alone_arms_no_deadline_when_the_start_is_learned() {
+    let mut rig = Rig::new().synced(vec![job("t1", "u1", ME)], vec![]);
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    cancel(&mut rig, 10, CancelMode::Graceful);
+    let _ = rig.reports();
+    rig.at(
+        12,
+        SupervisorEvent::Pods(WatchEvent::Applied(pod("t1", "u1", running(), true))),
+    );
+    assert_eq!(rig.sup.phase("t1"), Some(Phase::WorkerStarted));
+    assert_eq!(rig.sup.next_deadline(), None);
+}
+
 #[test]
 fn jobs_of_other_controllers_are_ignored_and_a_job_adopted_away_is_forgotten() {
     let mut rig = Rig::new().synced(vec![job("t2", "u2", "ctl-other")], vec![]);

@@ -408,8 +408,9 @@ impl KubeSim {
         self.shared.lock().log.clear();
     }
 
-    /// Waits until `condition` holds, re-checking after every change (write, request, watch start
-    /// or end); false when `timeout` passes first.
+    /// Waits until `condition` holds, re-checking after every change (write, request, fault used,
+    /// watch start or end) and at least every 20 ms, because conditions may also look outside the
+    /// simulator (a process, the platform); false when `timeout` passes first.
     pub fn wait_until(
         &self,
         timeout: Duration,
@@ -421,13 +422,14 @@ impl KubeSim {
             if condition(self) {
                 return true;
             }
-            let mut st = self.shared.lock();
-            while st.ticks == ticks {
-                let now = Instant::now();
-                if now >= deadline {
-                    return false;
-                }
-                st = self.shared.wait(st, deadline - now);
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let st = self.shared.lock();
+            if st.ticks == ticks {
+                let slice = (deadline - now).min(Duration::from_millis(20));
+                drop(self.shared.wait(st, slice));
             }
         }
     }

@@ -153,10 +153,18 @@ pub fn handle(shared: &Arc<Shared>, req: &HttpRequest, out: &mut Responder<'_>) 
         Err(e) => return send_error(out, &mut journal, &e),
     };
     journal.user(&user.name);
-    let actions = shared
-        .lock()
-        .faults
-        .take(&req.method, &req.path, &req.query);
+    let actions = {
+        let mut st = shared.lock();
+        let actions = st.faults.take(&req.method, &req.path, &req.query);
+        if !actions.is_empty() {
+            // A fault being used is a change waiters may be waiting for (`pending_faults`).
+            st.ticks += 1;
+        }
+        actions
+    };
+    if !actions.is_empty() {
+        shared.notify();
+    }
     for action in actions {
         match action {
             FaultAction::Delay(d) => std::thread::sleep(d),
