@@ -24,6 +24,7 @@ agent:
   podAnnotations: {example.com/note: controller}
   podLabels: {team: infra}
   extraEnv: [{name: TZ, value: UTC}]
+  metrics: {enabled: true, port: 9102}
 serviceAccount: {annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::1:role/agent"}}
 tls:
   caBundle: |
@@ -440,6 +441,11 @@ fn everything_branch_renders_every_optional_piece() {
     );
     assert_eq!(env(controller, "TZ"), Some("UTC"));
     assert_eq!(env(controller, "HTTP_PROXY"), Some("http://proxy:3128"));
+    assert_eq!(env(controller, "SCALR_AGENT_METRICS_PORT"), Some("9102"));
+    assert_eq!(
+        controller["ports"],
+        json!([{"name": "metrics", "containerPort": 9102, "protocol": "TCP"}])
+    );
     assert!(
         env_var(controller, "TF_LOG").is_none(),
         "runner env stays in the runner"

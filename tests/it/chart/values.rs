@@ -93,6 +93,10 @@ fn schema_rejects_unknown_keys_and_wrong_types_readably() {
             "task.runner.memoryMonitor.softLimitPercent=120",
             "maximum: got 120, want 100",
         ),
+        (
+            "agent.metrics.port=80",
+            "at '/agent/metrics/port': minimum: got 80, want 1,024",
+        ),
     ];
     for (set, want) in cases {
         let err = try_render(&["--set", set])

@@ -151,3 +151,44 @@ fn a_command_ignoring_sigint_and_sigterm_is_killed_within_the_grace_period() {
     let log = world.log(&run, Stage::Plan);
     assert!(!log.contains("stubborn-2"), "{log}");
 }
+
+#[test]
+fn a_second_sigint_makes_the_worker_exit_at_once_with_130() {
+    // Ctrl-C twice (a worker run by hand): the first stops the command gracefully, the second
+    // gives up waiting. The grace period is long, so only the second signal can end it early.
+    let world = world();
+    let cv = world.cv(&[("main.tf", "")]);
+    let mut spec = RunSpec::new(&cv);
+    spec.hooks.pre_plan = Some("trap '' INT TERM; echo stubborn-started; sleep 30".into());
+    let run = world.sim.queue_run(&world.ws, spec);
+    let held = world.acquire(&run, Stage::Plan);
+    let options = PodOptions {
+        worker_env: vec![(
+            "SCALR_AGENT_WORKER_GRACE_SHUTDOWN_TIMEOUT".into(),
+            "600".into(),
+        )],
+        ..PodOptions::default()
+    };
+    let mut pod = world.launch(&held, &options);
+    world.sim.wait_until(DEADLINE, "the hook to start", |sim| {
+        String::from_utf8_lossy(&sim.log(&held.task.id))
+            .contains("stubborn-started")
+            .then_some(())
+    });
+    kill(pod.worker_pid(), libc::SIGINT);
+    world
+        .sim
+        .wait_until(DEADLINE, "the worker to stop the command", |_| {
+            pod.worker_log().contains("sending SIGINT").then_some(())
+        });
+    kill(pod.worker_pid(), libc::SIGINT);
+    let status = pod.wait(DEADLINE);
+    assert_eq!(status.code(), Some(130), "{}", pod.logs());
+    assert!(
+        pod.worker_log().contains("second interrupt"),
+        "{}",
+        pod.logs()
+    );
+    // No report was made: the controller finds the pod gone and the task without a final status.
+    assert_eq!(world.sim.task(&pod.task).result, None);
+}
