@@ -110,7 +110,13 @@ fn run() -> Result<(), String> {
         String::from_utf8_lossy(&out.stderr)
     );
     print!("{report}");
-    if !out.status.success() || !report.contains("PASS platform reachable") {
+    // The loopback server answers only the API root and there is no cluster here, so the token
+    // and Kubernetes checks fail and `check` exits 1: a report, not a crash. What this proves is
+    // the HTTPS request (name lookup, TLS with the CA file) from the empty root.
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(format!("check in the empty root did not report: {}", out.status));
+    }
+    if !report.contains("PASS platform reachable") {
         return Err("the HTTPS request from the empty root did not succeed".into());
     }
     if hits.load(Ordering::SeqCst) == 0 {
