@@ -114,7 +114,10 @@ fn run() -> Result<(), String> {
     // and Kubernetes checks fail and `check` exits 1: a report, not a crash. What this proves is
     // the HTTPS request (name lookup, TLS with the CA file) from the empty root.
     if !matches!(out.status.code(), Some(0 | 1)) {
-        return Err(format!("check in the empty root did not report: {}", out.status));
+        return Err(format!(
+            "check in the empty root did not report: {}",
+            out.status
+        ));
     }
     if !report.contains("PASS platform reachable") {
         return Err("the HTTPS request from the empty root did not succeed".into());

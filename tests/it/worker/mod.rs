@@ -5,6 +5,7 @@
 
 mod cancel;
 mod end;
+mod flags;
 mod logs;
 mod memory;
 mod providers;
