@@ -1,5 +1,6 @@
 //! `scalr-agent worker`: the task pod's worker container. It reads its task credentials from the
-//! mounted Secret, starts the task on the platform, writes its `started` marker, provisions the run
+//! mounted Secret, waits for exec-loop in the runner container, starts the task on the platform,
+//! writes its `started` marker, provisions the run
 //! and drives its stage through exec-loop, streams the output to the platform, and reports the final
 //! status. It exits 0 only when the platform accepted that status.
 //!
@@ -61,6 +62,8 @@ pub const EXIT_SETUP: u8 = 2;
 pub const EXIT_FENCED: u8 = 3;
 /// Exit status: the task was already final at start (failed or canceled before the worker came).
 pub const EXIT_TASK_FINAL: u8 = 4;
+/// Exit status: exec-loop never answered (or SIGTERM came first); the task was not started.
+pub const EXIT_RUNNER: u8 = 5;
 
 /// Run one task stage in a task pod: fetch it, provision it, drive exec-loop, stream the log,
 /// report the final status. Reads SCALR_AGENT_TASK_ID and the task token file.
@@ -74,7 +77,7 @@ pub struct WorkerArgs {
     /// (default: $SCALR_AGENT_DATA_DIR/markers/worker)
     #[argh(option)]
     pub markers_dir: Option<PathBuf>,
-    /// how long to wait for exec-loop's socket, in seconds (default: 300)
+    /// how long to wait for exec-loop before starting the task, in seconds (default: 300)
     #[argh(option, default = "300")]
     pub runner_timeout_secs: u64,
     /// seconds between task heartbeats (default: 10)
@@ -135,9 +138,6 @@ impl TaskIdentity {
         }
     }
 }
-
-/// How long a worker that never drove exec-loop tries to reach it to tell it to exit.
-const RUNNER_SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the end of the worker waits for a platform watcher stuck in a call.
 const WATCHER_JOIN: Duration = Duration::from_secs(1);
@@ -225,6 +225,24 @@ fn run_task(
         .socket
         .clone()
         .unwrap_or_else(|| settings.data_dir.join(crate::runner::settings::SOCKET_FILE));
+    // The runner first: until exec-loop answers, the task stays unstarted and the controller, which
+    // sees the pod (an image that cannot be pulled, a runner that crashes), judges and reports it.
+    let runner_timeout = Duration::from_secs(args.runner_timeout_secs);
+    let runner = match task_run::wait_for_runner(&socket, runner_timeout, &sigterm) {
+        Ok(client) => client,
+        Err(task_run::RunnerWait::Stopped) => {
+            log::warn!("stopped while waiting for the runner container; the task was not started");
+            return EXIT_RUNNER;
+        }
+        Err(task_run::RunnerWait::Unreachable(e)) => {
+            log::error!(
+                "the runner container's exec-loop did not answer within {} s ({e}); the task was \
+                 not started, and the controller reports why the runner did not come up",
+                runner_timeout.as_secs()
+            );
+            return EXIT_RUNNER;
+        }
+    };
     let spec = match task.start() {
         Ok(spec) => spec,
         Err(e) => {
@@ -244,7 +262,7 @@ fn run_task(
                 log::error!("cannot start the task: {e}");
                 EXIT_NOT_REPORTED
             };
-            task_run::shutdown_runner(&socket, RUNNER_SHUTDOWN_WAIT);
+            task_run::stop_runner(runner);
             return code;
         }
     };
@@ -327,32 +345,30 @@ fn run_task(
         }
     };
 
-    let outcome = match provision::RunPaths::new(
+    let result = match provision::RunPaths::new(
         &settings.data_dir,
         &spec.id,
         &spec.workspace.working_directory,
     ) {
-        Ok(paths) => task_run::run_stage(&task_run::StageContext {
-            task: &task,
-            spec: &spec,
-            settings,
-            platform_url: url,
-            socket: &socket,
-            runner_timeout: Duration::from_secs(args.runner_timeout_secs),
-            control: &control,
-            log: &log,
-            masker: &masker,
-            paths: &paths,
-        }),
+        Ok(paths) => task_run::run_stage(
+            &task_run::StageContext {
+                task: &task,
+                spec: &spec,
+                settings,
+                platform_url: url,
+                control: &control,
+                log: &log,
+                masker: &masker,
+                paths: &paths,
+            },
+            runner,
+        ),
         Err(e) => {
             log.line(format!("==> Errored: {e}"));
-            task_run::StageOutcome {
-                result: TaskResult::errored(&e.to_string()),
-                runner_stopped: false,
-            }
+            task_run::stop_runner(runner);
+            TaskResult::errored(&e.to_string())
         }
     };
-    let result = outcome.result;
     // After a stop, the grace deadline; but never less than the reserve from now, so a stop that
     // came long ago (a cancel during a slow download) still leaves time to report.
     let now = Instant::now();
@@ -364,9 +380,6 @@ fn run_task(
     // Nothing needs the platform any more: the watchers stop (a heartbeat to a final task would
     // look like the task ending under us).
     done.trigger(Reason::Requested);
-    if !outcome.runner_stopped {
-        task_run::shutdown_runner(&socket, RUNNER_SHUTDOWN_WAIT);
-    }
     if let Some(s) = &shipped {
         log::info!(
             "log shipping: {} bytes in {} appends ({} retried), lag p50 {:?} p99 {:?} max {:?}",

@@ -4,8 +4,9 @@
 //! `init`, upload the plan artefacts, and decide the [`TaskResult`]. Output streams to the log
 //! shipper as it comes; a stop (cancel, SIGTERM) ends the loop and is reported as such.
 
+use std::io;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cancel::StopCause;
 use super::control::StopControl;
@@ -17,9 +18,10 @@ use super::results;
 use super::run_env::{RunContext, RunEnv};
 use super::steps::{self, Step, StepKind, Tool};
 use crate::config::Settings;
-use crate::ipc::{CommandSpec, IpcClient};
+use crate::ipc::{CommandSpec, IpcClient, IpcError};
 use crate::platform::{ArtefactKind, ResourceCounts, Stage, TaskClient, TaskResult, TaskSpec};
 use crate::runner::MemoryMonitorSettings;
+use crate::shutdown::Shutdown;
 
 /// What a stage runs with.
 pub struct StageContext<'a> {
@@ -27,9 +29,6 @@ pub struct StageContext<'a> {
     pub spec: &'a TaskSpec,
     pub settings: &'a Settings,
     pub platform_url: &'a str,
-    /// exec-loop's socket and how long to wait for it.
-    pub socket: &'a Path,
-    pub runner_timeout: Duration,
     pub control: &'a StopControl,
     pub log: &'a LogSender,
     pub masker: &'a Masker,
@@ -93,29 +92,64 @@ fn describe_failure(step: &Step, tool: &str, result: &CommandResult) -> String {
     }
 }
 
-/// How a stage ended.
-pub struct StageOutcome {
-    pub result: TaskResult,
-    /// Whether exec-loop was told to exit (else the caller should, so the runner container ends).
-    pub runner_stopped: bool,
+/// Why [`wait_for_runner`] gave up.
+#[derive(Debug)]
+pub enum RunnerWait {
+    /// SIGTERM (or SIGINT) arrived first.
+    Stopped,
+    /// exec-loop did not answer in time, or answered wrongly (another user, another version).
+    Unreachable(IpcError),
 }
 
-/// Tells the exec-loop at `socket` to exit, if it can be reached within `timeout`: the runner
-/// container ends with the worker instead of waiting for its worker-gone timeout.
-pub fn shutdown_runner(socket: &Path, timeout: Duration) {
-    match IpcClient::connect(socket, timeout).and_then(IpcClient::shutdown) {
+/// Connects to exec-loop at `socket`, waiting up to `timeout` while its socket is missing (the
+/// runner container may still be pulling its image or starting); gives up early when `stop` is
+/// triggered. The worker waits for this before it starts the task, so a runner that never comes
+/// leaves the task unstarted and the controller, which sees the pod, reports why.
+pub fn wait_for_runner(
+    socket: &Path,
+    timeout: Duration,
+    stop: &Shutdown,
+) -> Result<IpcClient, RunnerWait> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if stop.is_triggered() {
+            return Err(RunnerWait::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match IpcClient::connect(socket, left.min(RUNNER_WAIT_SLICE)) {
+            Ok(client) => return Ok(client),
+            Err(IpcError::Connect { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && left > RUNNER_WAIT_SLICE => {}
+            Err(e) => return Err(RunnerWait::Unreachable(e)),
+        }
+    }
+}
+
+/// How often [`wait_for_runner`] looks at its stop signal.
+const RUNNER_WAIT_SLICE: Duration = Duration::from_secs(1);
+
+/// Runs the stage through `client` (connected before the task was started) and returns the result
+/// to report; tells exec-loop to exit at the end. Never panics on a run's failure: every failure
+/// becomes an `errored` result with a message for the user.
+pub fn run_stage(ctx: &StageContext<'_>, mut client: IpcClient) -> TaskResult {
+    let result = stage_result(ctx, &mut client);
+    stop_runner(client);
+    result
+}
+
+/// Tells exec-loop to exit, so the runner container ends with the worker instead of waiting for
+/// its worker-gone timeout.
+pub fn stop_runner(client: IpcClient) {
+    match client.shutdown() {
         Ok(()) => log::info!("exec-loop told to exit"),
         Err(e) => log::warn!("could not tell exec-loop to exit: {e}"),
     }
 }
 
-/// Runs the stage and returns the result to report. Never panics on a run's failure: every
-/// failure becomes an `errored` result with a message for the user.
-pub fn run_stage(ctx: &StageContext<'_>) -> StageOutcome {
-    let not_connected = |result| StageOutcome {
-        result,
-        runner_stopped: false,
-    };
+fn stage_result(ctx: &StageContext<'_>, client: &mut IpcClient) -> TaskResult {
     let spec = ctx.spec;
     ctx.log.line(format!(
         "scalr-agent {}: {} stage of run {} in workspace {} (environment {}), attempt {}",
@@ -127,35 +161,22 @@ pub fn run_stage(ctx: &StageContext<'_>) -> StageOutcome {
         spec.attempt
     ));
     if let Stage::Other(name) = &spec.stage {
-        return not_connected(fail(
+        return fail(
             ctx,
             format!("this scalr-agent does not run {name} stages; upgrade the agent"),
-        ));
+        );
     }
     let mut note = |line: String| ctx.log.line(line);
     let provisioned = match provision::provision(ctx.task, spec, ctx.settings, ctx.paths, &mut note)
     {
         Ok(p) => p,
-        Err(e) => return not_connected(fail(ctx, crate::threads::error_chain(&e))),
+        Err(e) => return fail(ctx, crate::threads::error_chain(&e)),
     };
     if let Some(cause) = ctx.control.cause() {
-        return not_connected(stopped(ctx, cause, "before the first command"));
+        return stopped(ctx, cause, "before the first command");
     }
-    let mut client = match IpcClient::connect(ctx.socket, ctx.runner_timeout) {
-        Ok(client) => client,
-        Err(e) => {
-            return not_connected(fail(ctx, format!("cannot reach the runner container: {e}")));
-        }
-    };
     ctx.control.set_signaller(client.signaller());
-    let result = run_steps(ctx, &mut client, &provisioned);
-    if let Err(e) = client.shutdown() {
-        log::warn!("could not tell exec-loop to exit: {e}");
-    }
-    StageOutcome {
-        result,
-        runner_stopped: true,
-    }
+    run_steps(ctx, client, &provisioned)
 }
 
 fn run_steps(

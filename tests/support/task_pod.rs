@@ -38,6 +38,8 @@ pub struct World {
 pub struct PodOptions {
     /// More environment for the worker (e.g. the grace period).
     pub worker_env: Vec<(String, String)>,
+    /// More arguments for the worker.
+    pub worker_args: Vec<String>,
     /// More arguments for exec-loop.
     pub exec_loop_args: Vec<String>,
     /// More environment for exec-loop (what the runner image sets).
@@ -161,6 +163,7 @@ impl World {
         let mut worker = Command::new(&self.bin);
         worker
             .arg("worker")
+            .args(&options.worker_args)
             .env_clear()
             .env("PATH", RUNNER_PATH)
             .env("HOME", &home)

@@ -52,6 +52,27 @@ fn an_invalid_runner_image_fails_the_run_at_once_with_the_reason() {
 }
 
 #[test]
+fn an_image_the_registry_refuses_fails_the_run_after_the_pull_grace_with_the_events() {
+    // ErrImagePull then ImagePullBackOff, retried by the kubelet: the controller gives the pull its
+    // grace (30 s) before failing the task, and the reason carries the kubelet's own words.
+    let world = world(2);
+    world
+        .executor
+        .fail_image_pulls("scalr/runner*", PullFailure::ErrImagePull);
+    let _controller = world.start_controller("scalr-agent-0");
+    let run = world.queue_run(&[("main.tf", SAMPLE_TF)]);
+    let view = world.wait_terminal(&run, RUN_TIMEOUT);
+    assert_eq!(view.status, RunStatus::Errored, "{}", world.diagnostics());
+    let message = view.message.unwrap_or_default();
+    assert!(
+        message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
+        "{message}"
+    );
+    assert!(message.contains("pull access denied"), "{message}");
+    nothing_lost(&world, &[run]);
+}
+
+#[test]
 fn an_unschedulable_pod_fails_the_run_after_the_startup_timeout() {
     let world = world_with(&["task.startupTimeoutSeconds=10"], 2);
     world.executor.make_unschedulable("");

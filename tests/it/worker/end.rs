@@ -1,4 +1,5 @@
-//! The beginning and the end of a worker: a fenced token or a task already final at start (exit
+//! The beginning and the end of a worker: a runner that never comes (the task is never started, so
+//! the controller can report why), a fenced token or a task already final at start (exit
 //! without reporting), a cancel requested before the worker came, and a platform that fails at the
 //! end — transiently (the report still goes through), for the log only (the status is reported,
 //! the log is not complete), or until the grace deadline (non-zero exit, never 0 without the
@@ -130,4 +131,57 @@ fn a_platform_unreachable_until_the_deadline_means_a_non_zero_exit() {
     assert_eq!(world.sim.task(&held.task.id).state, TaskState::Running);
     // The log was flushed before the report was tried.
     position(&world.log(&run, Stage::Plan), "==> No changes.");
+}
+
+#[test]
+fn a_runner_that_never_answers_leaves_the_task_unstarted() {
+    // The runner container never gets to exec-loop (here: exec-loop refuses its arguments, as a
+    // broken runner command would; in a cluster, also an image that cannot be pulled).
+    let world = world();
+    let run = quick_run(&world);
+    let held = world.acquire(&run, Stage::Plan);
+    let options = PodOptions {
+        exec_loop_args: vec!["--no-such-flag".into()],
+        worker_args: vec!["--runner-timeout-secs".into(), "2".into()],
+        ..PodOptions::default()
+    };
+    let mut pod = world.launch(&held, &options);
+    let status = pod.wait(DEADLINE);
+    assert_eq!(status.code(), Some(5), "{}", pod.logs());
+    let worker = pod.worker_log();
+    assert!(
+        worker.contains("did not answer within 2 s") && worker.contains("not started"),
+        "{worker}"
+    );
+    let task = world.sim.task(&pod.task);
+    assert_eq!(task.state, TaskState::Acquired, "never started");
+    assert_eq!(task.result, None);
+    assert!(!pod.marker("started").exists(), "no started marker");
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_runner_exits_without_starting_the_task() {
+    let world = world();
+    let run = quick_run(&world);
+    let held = world.acquire(&run, Stage::Plan);
+    let options = PodOptions {
+        exec_loop_args: vec!["--no-such-flag".into()],
+        ..PodOptions::default()
+    };
+    let mut pod = world.launch(&held, &options);
+    world
+        .sim
+        .wait_until(DEADLINE, "the worker to wait for the runner", |_| {
+            pod.worker_log().contains("worker for task").then_some(())
+        });
+    kill(pod.worker_pid(), libc::SIGTERM);
+    let status = pod.wait(DEADLINE);
+    assert_eq!(status.code(), Some(5), "{}", pod.logs());
+    assert!(
+        pod.worker_log()
+            .contains("stopped while waiting for the runner container"),
+        "{}",
+        pod.logs()
+    );
+    assert_eq!(world.sim.task(&pod.task).state, TaskState::Acquired);
 }
