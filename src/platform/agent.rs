@@ -107,7 +107,22 @@ impl AgentClient {
                 self.renew(generation)?;
                 op(&self.session())
             }
-            Err(e) if e.is_unauthorized() && self.generation() != generation => op(&self.session()),
+            Err(e) if e.is_unauthorized() => {
+                // The platform fences the old session as soon as it registers this agent again,
+                // before the registering thread has swapped the new one in: wait for a renewal in
+                // progress (it holds the lock through the call), then judge the 401.
+                drop(
+                    self.shared
+                        .renewing
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                if self.generation() != generation {
+                    op(&self.session())
+                } else {
+                    Err(e)
+                }
+            }
             other => other,
         }
     }

@@ -10,7 +10,7 @@ use scalr_agent::platform::{PlatformError, Registration, TaskResult, TaskStatus}
 use scalr_agent::secret::Secret;
 
 use super::fixture::fixture;
-use crate::support::platform_sim::{Presence, Route, RunStatus, TaskState};
+use crate::support::platform_sim::{Fault, Presence, Route, RunStatus, TaskState};
 
 #[test]
 fn an_unstarted_task_is_offered_again_when_its_agent_goes_offline_and_the_old_token_is_fenced() {
@@ -85,6 +85,49 @@ fn an_expired_session_registers_again_transparently() {
     assert_eq!(statuses, vec![Some(410), Some(200)]);
     assert_eq!(f.sim.requests_of(Route::Register).len(), 2);
     assert_eq!(f.sim.agents().len(), 1);
+}
+
+#[test]
+fn a_call_fenced_by_another_threads_registration_waits_for_it_and_is_repeated() {
+    // Thread A finds the session expired and registers again; the platform fences the old session
+    // as soon as it handles that, but A learns the new token only when the answer arrives. A call
+    // from thread B in between is refused (401) with the old token: it must wait for A, then be
+    // repeated with the new session, not be taken for a revoked credential.
+    let f = fixture();
+    let agent = f.agent("controller-0", 1);
+    f.sim.expire_session(&agent.session().agent_id);
+    f.sim.inject(
+        Route::Register,
+        1,
+        Fault::SlowResponse(Duration::from_millis(1500)),
+    );
+    let renewing = {
+        let agent = agent.clone();
+        std::thread::spawn(move || agent.heartbeat(1))
+    };
+    f.sim
+        .wait_until(Duration::from_secs(10), "the registration handled", |sim| {
+            sim.requests_of(Route::Register)
+                .iter()
+                .skip(1)
+                .any(|r| r.status == Some(201))
+                .then_some(())
+        });
+    assert_eq!(agent.generation(), 0, "A has not seen the answer yet");
+    let held = agent.held_tasks().expect("repeated with the new session");
+    assert!(held.is_empty());
+    assert_eq!(agent.generation(), 1);
+    renewing
+        .join()
+        .expect("thread A")
+        .expect("heartbeat after registering again");
+    let statuses: Vec<Option<u16>> = f
+        .sim
+        .requests_of(Route::HeldTasks)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![Some(401), Some(200)]);
 }
 
 #[test]

@@ -23,6 +23,9 @@ pub enum Fault {
     LoseResponse,
     /// Wait this long, then handle normally (a slow server).
     Delay(Duration),
+    /// Handle at once (the log shows the status), then wait this long before answering (a slow
+    /// way back: the platform has acted, the client does not know yet).
+    SlowResponse(Duration),
 }
 
 impl Fault {

@@ -162,7 +162,7 @@ pub fn handle(shared: &Shared, req: &HttpRequest, out: &mut Responder<'_>) {
             false
         }
         Some(Fault::LoseResponse) => true,
-        None => false,
+        Some(Fault::SlowResponse(_)) | None => false,
     };
     let response = dispatch(shared, route, &params, req);
     if lose_response {
@@ -170,6 +170,9 @@ pub fn handle(shared: &Shared, req: &HttpRequest, out: &mut Responder<'_>) {
         return;
     }
     shared.answered(index, Some(response.status));
+    if let Some(Fault::SlowResponse(duration)) = fault {
+        shared.sleep(duration);
+    }
     let _ = out.respond(response);
 }
 
