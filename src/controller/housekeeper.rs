@@ -33,6 +33,10 @@ use crate::kube::KubeError;
 use crate::model::{HousekeeperInput, JobRef, LimiterInput, SupervisorInput};
 use crate::platform::{PlatformError, TaskStatus};
 
+/// How long the reconcile remembers a launch whose task it no longer sees held (a launch made
+/// after the held tasks were listed is not in that list yet).
+const LAUNCH_MEMORY: Duration = Duration::from_secs(600);
+
 /// The housekeeper's timing.
 #[derive(Clone, Debug)]
 pub struct HousekeeperConfig {
@@ -307,9 +311,23 @@ impl Housekeeper {
             p.check.len()
         );
         for task in p.launch {
+            let (id, attempt) = (&task.identity.task_id, task.identity.attempt);
+            if self.launching.launched(id, attempt) {
+                // Its Job was made by this process and is gone: the supervisor fails the task (the
+                // report may still be on its way); launching again would run a second Job.
+                log::debug!(
+                    "{}: held without a Job, but this controller's Job for it is gone; the \
+                     supervisor reports that",
+                    task.identity
+                );
+                continue;
+            }
             log::info!("{}: held without a Job; launching it", task.identity);
             let _ = self.limiter.send(LimiterInput::Held(task));
         }
+        let still_held: BTreeSet<&str> = held.iter().map(|h| h.task.id.as_str()).collect();
+        self.launching
+            .forget(&|task| still_held.contains(task), LAUNCH_MEMORY);
         for (task_id, attempt) in p.started {
             let _ = self
                 .supervisor

@@ -122,3 +122,36 @@ fn a_scan_adopts_jobs_of_a_controller_without_a_lease_once_its_own_lease_is_heal
             .contains(&reason::ADOPTED.to_string())
     );
 }
+
+#[test]
+fn a_task_whose_job_this_process_made_is_not_launched_again_when_the_job_is_gone() {
+    // Someone deleted the Job before the worker started: the supervisor fails the task, and until
+    // that report lands the platform still lists the task as held without a Job.
+    let launching = Launching::default();
+    let mut rig = rig();
+    rig.keeper = rig.keeper.with_launching(launching.clone());
+    for task in ["t-deleted", "t-never", "t-retried"] {
+        let attempt = if task == "t-retried" { 2 } else { 1 };
+        rig.platform.task_is(summary(
+            task,
+            attempt,
+            TaskStatus::Acquired,
+            Some("agent-self"),
+        ));
+    }
+    launching.mark_launched("t-deleted", 1);
+    // Launched at attempt 1, now held at attempt 2 (offered again): the new attempt needs a Job.
+    launching.mark_launched("t-retried", 1);
+    rig.keeper.reconcile("test");
+    let mut launched: Vec<String> = rig
+        .limiter
+        .try_iter()
+        .filter_map(|m| match m {
+            LimiterInput::Held(t) => Some(t.identity.task_id),
+            _ => None,
+        })
+        .collect();
+    launched.sort();
+    assert_eq!(launched, ["t-never", "t-retried"]);
+    assert!(launching.launched("t-deleted", 1), "still held: remembered");
+}

@@ -42,27 +42,59 @@ use crate::model::{
 };
 use crate::secret::Secret;
 
-/// The tasks the launchers are working on right now, shared with the housekeeper so its janitor
-/// never deletes the Secret of a launch between its Secret and its Job.
+/// The launchers' work, shared with the housekeeper: the tasks being launched right now (its
+/// janitor never deletes the Secret of a launch between its Secret and its Job), and the attempts
+/// this process launched (its reconcile never launches again a task whose Job it made and someone
+/// deleted: the supervisor fails that task, and a second Job would run beside the failure).
 #[derive(Clone, Debug, Default)]
-pub struct Launching(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+pub struct Launching(Arc<std::sync::Mutex<LaunchBook>>);
+
+#[derive(Debug, Default)]
+struct LaunchBook {
+    active: std::collections::BTreeSet<String>,
+    /// Task → (attempt, when) of the last Job this process created or found for it.
+    launched: std::collections::BTreeMap<String, (u32, Instant)>,
+}
 
 impl Launching {
+    fn book(&self) -> std::sync::MutexGuard<'_, LaunchBook> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether a launcher is working on `task`.
     pub fn contains(&self, task: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(task)
+        self.book().active.contains(task)
     }
 
     fn set(&self, task: &str, on: bool) {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self.book();
         if on {
-            set.insert(task.to_string());
+            book.active.insert(task.to_string());
         } else {
-            set.remove(task);
+            book.active.remove(task);
         }
+    }
+
+    /// Records that the Job of `task` at `attempt` exists (created or found by a launcher).
+    pub fn mark_launched(&self, task: &str, attempt: u32) {
+        self.book()
+            .launched
+            .insert(task.to_string(), (attempt, Instant::now()));
+    }
+
+    /// Whether this process launched `task` at `attempt` (or a later attempt).
+    pub fn launched(&self, task: &str, attempt: u32) -> bool {
+        self.book()
+            .launched
+            .get(task)
+            .is_some_and(|(a, _)| *a >= attempt)
+    }
+
+    /// Forgets launches older than `age` whose task `keep` does not name (no longer held).
+    pub fn forget(&self, keep: &dyn Fn(&str) -> bool, age: Duration) {
+        self.book()
+            .launched
+            .retain(|task, (_, at)| keep(task) || at.elapsed() < age);
     }
 }
 
@@ -183,7 +215,11 @@ impl Launcher {
         self.launching.set(&task_id, false);
         self.metrics.launcher_in_progress.add(-1);
         let outcome = match result {
-            Ok(launched) => Outcome::Launched(launched),
+            Ok(launched) => {
+                self.launching
+                    .mark_launched(&task_id, launched.identity.attempt);
+                Outcome::Launched(launched)
+            }
             Err(failure) => {
                 let (identity, stop) = *failure;
                 self.stopped(&task_id, identity, stop)

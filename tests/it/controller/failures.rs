@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::world::{NS, WAIT, World, container, running, terminated, waiting};
 use crate::support::kube_sim::Propagation;
-use crate::support::platform_sim::RunStatus;
+use crate::support::platform_sim::{Fault, Route, RunStatus};
 use scalr_agent::controller::supervision::SupervisionSettings;
 use scalr_agent::platform::{ResourceCounts, TaskResult};
 
@@ -252,4 +252,47 @@ fn every_failure_path_fails_the_task_with_the_events_and_deletes_the_job() {
         failed,
         CASES.iter().filter(|c| c.message.is_some()).count() as u64
     );
+}
+
+#[test]
+fn a_job_deleted_before_the_start_is_failed_and_never_launched_again() {
+    // The failure report is slow to land, and reconciles run meanwhile: the platform still lists
+    // the task as held without a Job. The controller made that Job, so it must not make another.
+    let world = World::quick();
+    let mut options = world.options("ctl-0", 2);
+    options.timing.reconcile_interval = Duration::from_millis(200);
+    let _controller = world.start_with(options);
+    let run = world.queue(1).remove(0);
+    let task = world.task_of(&run);
+    let job = world.job_of(&task);
+    world
+        .platform
+        .inject(Route::FailTask, 1, Fault::Delay(Duration::from_secs(2)));
+    let name = job["metadata"]["name"].as_str().expect("name");
+    world.kube.delete("jobs", NS, name, Propagation::Background);
+    world.platform_eventually("two reconciles while the failure report is held", |p| {
+        let log = p.requests();
+        let at = log.iter().position(|r| r.route == Some(Route::FailTask))?;
+        let reconciles = log[at..]
+            .iter()
+            .filter(|r| r.route == Some(Route::HeldTasks))
+            .count();
+        (reconciles >= 2).then_some(())
+    });
+    let view = world
+        .platform
+        .wait_for_run(&run, WAIT, |s| s == RunStatus::Errored);
+    assert!(
+        view.message
+            .unwrap_or_default()
+            .contains("deleted before the worker started")
+    );
+    let created = world
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/jobs") && r.status == 201)
+        .count();
+    assert_eq!(created, 1, "one Job for the task");
+    assert!(world.jobs_of(&task).is_empty());
 }
