@@ -136,6 +136,11 @@ impl TaskState {
         self.phase
     }
 
+    /// Whether the Jobs watch has shown the task's Job (so its absence now means it is gone).
+    pub fn job_seen(&self) -> bool {
+        self.job_seen
+    }
+
     /// The platform says the worker started this task (a Job found at a restart or adopted, whose
     /// running pod the watches may never have shown; or a verdict the platform overruled): from now
     /// on the task is judged as started, with `pod` (the current one, if any) as the worker's.

@@ -462,13 +462,18 @@ impl Supervisor {
             Verdict::Fail { reason, message } | Verdict::ConfirmFinal { reason, message } => {
                 log::warn!("{}: {}: {message}", entry.state.identity, reason.summary());
                 entry.done = true;
+                // The Pods watch may be ahead of the Jobs watch: a Job not in view yet but not known
+                // gone still gets the failure's Event and is deleted.
+                let job_ref = (job.is_some() || !entry.state.job_seen())
+                    .then(|| entry.job.clone())
+                    .filter(|j| !j.uid.is_empty());
                 let _ = self.reporter.send(ReporterInput::Fail {
                     failed: TaskFailed {
                         identity: entry.state.identity.clone(),
                         reason,
                         message,
                     },
-                    job: job.as_ref().map(|_| entry.job.clone()),
+                    job: job_ref,
                     confirm_final,
                 });
             }

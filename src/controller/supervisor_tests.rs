@@ -528,3 +528,35 @@ fn a_verdict_the_platform_overruled_reopens_supervision() {
         "the lost pod is judged after the grace"
     );
 }
+
+#[test]
+fn a_failure_seen_on_the_pod_before_the_jobs_watch_shows_the_job_still_names_the_job() {
+    // The Pods watch is ahead of the Jobs watch: the pod already says the image is invalid.
+    let mut rig = Rig::new().synced(vec![], vec![]);
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    let invalid = json!({"waiting": {"reason": "InvalidImageName", "message": "bad reference"}});
+    rig.at(
+        1,
+        SupervisorEvent::Pods(WatchEvent::Applied(pod("t1", "u1", invalid, false))),
+    );
+    let (reason, _, job) = failure(&rig.reports()).expect("failed at once");
+    assert_eq!(reason, FailureReason::ImagePull);
+    assert_eq!(
+        job.map(|j| (j.name, j.uid)),
+        Some(("job-t1".to_string(), "u1".to_string())),
+        "the Job gets the Event and is deleted"
+    );
+}
+
+#[test]
+fn a_job_known_gone_is_not_named_by_its_failure() {
+    let mut rig = Rig::new().synced(vec![job("t1", "u1", ME)], vec![]);
+    rig.at(0, SupervisorEvent::Input(launched("t1", "u1")));
+    rig.at(
+        2,
+        SupervisorEvent::Jobs(WatchEvent::Deleted(job("t1", "u1", ME))),
+    );
+    let (reason, _, job) = failure(&rig.reports()).expect("failed");
+    assert_eq!(reason, FailureReason::JobDeleted);
+    assert!(job.is_none(), "nothing to delete or annotate");
+}

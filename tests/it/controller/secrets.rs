@@ -81,11 +81,12 @@ fn no_token_in_any_log_line_event_or_render_output() {
         .wait_for_run(&runs[1], WAIT, |s| s == RunStatus::Canceled);
     // Events are written asynchronously after the platform is told: wait for the TaskFailed one
     // before stopping the controller.
-    world.eventually("a TaskFailed Event", |w| {
-        serde_json::to_string(&w.kube.list("events", NS))
+    let seen = world.kube.wait_until(WAIT, |k| {
+        serde_json::to_string(&k.list("events", NS))
             .expect("json")
             .contains("TaskFailed")
     });
+    assert!(seen, "no TaskFailed Event\n{}", controller.log());
     controller.signal(libc::SIGTERM);
     assert_eq!(controller.wait_exit(WAIT), Some(0), "{}", controller.log());
 
