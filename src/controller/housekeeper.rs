@@ -37,6 +37,10 @@ use crate::platform::{PlatformError, TaskStatus};
 /// after the held tasks were listed is not in that list yet).
 const LAUNCH_MEMORY: Duration = Duration::from_secs(600);
 
+/// How long a cancel of a task this process launched is left to the supervisor before the reconcile
+/// confirms it itself (the supervisor deletes the Job first and records the Event).
+const CANCEL_HANDOFF: Duration = Duration::from_secs(60);
+
 /// The housekeeper's timing.
 #[derive(Clone, Debug)]
 pub struct HousekeeperConfig {
@@ -338,7 +342,15 @@ impl Housekeeper {
                 .supervisor
                 .send(SupervisorInput::CancelRequested(cancel));
         }
-        for task in p.confirm_cancel {
+        for (task, attempt) in p.confirm_cancel {
+            if self
+                .launching
+                .launched_within(&task, attempt, CANCEL_HANDOFF)
+            {
+                // Its Job was made just now (after this reconcile listed the Jobs): the supervisor
+                // deletes it and confirms the cancel, with its Event. This is only the backstop.
+                continue;
+            }
             match self.platform.confirm_cancel(&task) {
                 Ok(_) => log::info!("task {task}: cancelled before it had a Job"),
                 Err(e) => self.platform_error(&format!("confirm the cancel of {task}"), &e),

@@ -155,3 +155,27 @@ fn a_task_whose_job_this_process_made_is_not_launched_again_when_the_job_is_gone
     assert_eq!(launched, ["t-never", "t-retried"]);
     assert!(launching.launched("t-deleted", 1), "still held: remembered");
 }
+
+#[test]
+fn a_cancel_of_a_task_launched_just_now_is_left_to_the_supervisor() {
+    // The reconcile listed the Jobs before this task's Job was created and the held tasks after
+    // its cancel: it looks held, cancelled and without a Job, but its Job exists. The supervisor
+    // deletes that Job and confirms the cancel (with its Event); the reconcile stays out of it.
+    let launching = Launching::default();
+    let mut rig = rig();
+    rig.keeper = rig.keeper.with_launching(launching.clone());
+    for task in ["t-just-launched", "t-never-launched"] {
+        let mut s = summary(task, 1, TaskStatus::Acquired, Some("agent-self"));
+        s.cancel_requested = Some(crate::platform::CancelMode::Graceful);
+        rig.platform.task_is(s);
+    }
+    launching.mark_launched("t-just-launched", 1);
+    rig.keeper.reconcile("test");
+    let confirmed: Vec<String> = rig
+        .platform
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("confirm-cancel"))
+        .collect();
+    assert_eq!(confirmed, ["confirm-cancel t-never-launched"]);
+}

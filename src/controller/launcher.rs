@@ -90,6 +90,17 @@ impl Launching {
             .is_some_and(|(a, _)| *a >= attempt)
     }
 
+    /// Whether `task` is being launched, or was launched at `attempt` (or later) less than `within`
+    /// ago.
+    pub fn launched_within(&self, task: &str, attempt: u32, within: Duration) -> bool {
+        let book = self.book();
+        book.active.contains(task)
+            || book
+                .launched
+                .get(task)
+                .is_some_and(|(a, at)| *a >= attempt && at.elapsed() < within)
+    }
+
     /// Forgets launches older than `age` whose task `keep` does not name (no longer held).
     pub fn forget(&self, keep: &dyn Fn(&str) -> bool, age: Duration) {
         self.book()

@@ -34,8 +34,8 @@ pub struct Plan {
     pub launch: Vec<TaskAcquired>,
     /// Cancels the platform lists for held tasks that have a Job.
     pub cancels: Vec<CancelRequested>,
-    /// Held tasks with a cancel and no Job: confirm the cancel now.
-    pub confirm_cancel: Vec<String>,
+    /// Held tasks with a cancel and no Job: confirm the cancel now. (task, attempt)
+    pub confirm_cancel: Vec<(String, u32)>,
     /// This controller's unfinished Jobs whose task is not held at their attempt: (task, attempt).
     pub check: Vec<(String, u32)>,
     /// Held tasks with a Job whose worker the platform says started: (task, attempt).
@@ -63,7 +63,9 @@ pub fn plan(jobs: &[Job], held: &[HeldTask], me: &str) -> Plan {
                 task_id: identity.task_id.clone(),
                 mode: super::agent_api::cancel_mode(mode),
             }),
-            (Some(_), false) => out.confirm_cancel.push(identity.task_id.clone()),
+            (Some(_), false) => out
+                .confirm_cancel
+                .push((identity.task_id.clone(), identity.attempt)),
             (None, true) if h.task.status == crate::platform::TaskStatus::Running => out
                 .started
                 .push((identity.task_id.clone(), identity.attempt)),
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(launch, [("t2", 2), ("t5", 1)]);
         assert_eq!(p.cancels.len(), 1);
         assert_eq!(p.cancels[0].task_id, "t3");
-        assert_eq!(p.confirm_cancel, ["t6"]);
+        assert_eq!(p.confirm_cancel, [("t6".to_string(), 1)]);
         // j2 (t2 at attempt 1) is no longer held at its attempt; j4 is another controller's.
         assert_eq!(p.check, [("t2".to_string(), 1)]);
     }
