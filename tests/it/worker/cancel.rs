@@ -32,6 +32,30 @@ fn apply_in_progress(world: &World, options: &PodOptions) -> (String, Pod) {
     (run, pod)
 }
 
+/// Queues a plan whose pre-plan `hook` ignores SIGINT and SIGTERM and prints `stubborn-started`,
+/// launches its pod with a grace period of `grace` seconds and waits until the hook runs.
+fn stubborn(world: &World, hook: &str, grace: u32) -> (String, Pod) {
+    let cv = world.cv(&[("main.tf", "")]);
+    let mut spec = RunSpec::new(&cv);
+    spec.hooks.pre_plan = Some(hook.into());
+    let run = world.sim.queue_run(&world.ws, spec);
+    let held = world.acquire(&run, Stage::Plan);
+    let options = PodOptions {
+        worker_env: vec![(
+            "SCALR_AGENT_WORKER_GRACE_SHUTDOWN_TIMEOUT".into(),
+            grace.to_string(),
+        )],
+        ..PodOptions::default()
+    };
+    let pod = world.launch(&held, &options);
+    world.sim.wait_until(DEADLINE, "the hook to start", |sim| {
+        String::from_utf8_lossy(&sim.log(&held.task.id))
+            .contains("stubborn-started")
+            .then_some(())
+    });
+    (run, pod)
+}
+
 /// The state on the platform: the resource, tainted (its provisioner was interrupted).
 fn assert_state_pushed(world: &World) {
     let state = world
@@ -116,25 +140,11 @@ fn sigterm_to_the_pod_mid_apply_stops_terraform_gracefully_and_still_reports() {
 #[test]
 fn a_command_ignoring_sigint_and_sigterm_is_killed_within_the_grace_period() {
     let world = world();
-    let cv = world.cv(&[("main.tf", "")]);
-    let mut spec = RunSpec::new(&cv);
-    spec.hooks.pre_plan =
-        Some("trap '' INT TERM; echo stubborn-started; sleep 60; echo stubborn-$((1 + 1))".into());
-    let run = world.sim.queue_run(&world.ws, spec);
-    let held = world.acquire(&run, Stage::Plan);
-    let options = PodOptions {
-        worker_env: vec![(
-            "SCALR_AGENT_WORKER_GRACE_SHUTDOWN_TIMEOUT".into(),
-            "3".into(),
-        )],
-        ..PodOptions::default()
-    };
-    let mut pod = world.launch(&held, &options);
-    world.sim.wait_until(DEADLINE, "the hook to start", |sim| {
-        String::from_utf8_lossy(&sim.log(&held.task.id))
-            .contains("stubborn-started")
-            .then_some(())
-    });
+    let (run, mut pod) = stubborn(
+        &world,
+        "trap '' INT TERM; echo stubborn-started; sleep 60; echo stubborn-$((1 + 1))",
+        3,
+    );
     world.sim.cancel_run(&run);
     let status = pod.wait(DEADLINE);
     assert!(status.success(), "{status}\n{}", pod.logs());
@@ -157,24 +167,11 @@ fn a_second_sigint_makes_the_worker_exit_at_once_with_130() {
     // Ctrl-C twice (a worker run by hand): the first stops the command gracefully, the second
     // gives up waiting. The grace period is long, so only the second signal can end it early.
     let world = world();
-    let cv = world.cv(&[("main.tf", "")]);
-    let mut spec = RunSpec::new(&cv);
-    spec.hooks.pre_plan = Some("trap '' INT TERM; echo stubborn-started; sleep 30".into());
-    let run = world.sim.queue_run(&world.ws, spec);
-    let held = world.acquire(&run, Stage::Plan);
-    let options = PodOptions {
-        worker_env: vec![(
-            "SCALR_AGENT_WORKER_GRACE_SHUTDOWN_TIMEOUT".into(),
-            "600".into(),
-        )],
-        ..PodOptions::default()
-    };
-    let mut pod = world.launch(&held, &options);
-    world.sim.wait_until(DEADLINE, "the hook to start", |sim| {
-        String::from_utf8_lossy(&sim.log(&held.task.id))
-            .contains("stubborn-started")
-            .then_some(())
-    });
+    let (_, mut pod) = stubborn(
+        &world,
+        "trap '' INT TERM; echo stubborn-started; sleep 30",
+        600,
+    );
     kill(pod.worker_pid(), libc::SIGINT);
     world
         .sim

@@ -38,15 +38,21 @@ fn ids(world: &World) -> Vec<(String, String)> {
     out
 }
 
+/// Applies `TWO` once; returns its configuration version and the resource ids it made.
+fn applied(world: &World, options: &PodOptions) -> (String, Vec<(String, String)>) {
+    let cv = world.cv(&[("main.tf", TWO)]);
+    let (run, _) = world.run_to_end(RunSpec::new(&cv), options);
+    assert_eq!(world.sim.run(&run).status, RunStatus::Applied);
+    let ids = ids(world);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    (cv, ids)
+}
+
 #[test]
 fn a_replace_run_recreates_only_the_named_resource() {
     let world = world();
     let options = PodOptions::default();
-    let cv = world.cv(&[("main.tf", TWO)]);
-    let (first, _) = world.run_to_end(RunSpec::new(&cv), &options);
-    assert_eq!(world.sim.run(&first).status, RunStatus::Applied);
-    let before = ids(&world);
-    assert_eq!(before.len(), 2, "{before:?}");
+    let (cv, before) = applied(&world, &options);
 
     let mut spec = RunSpec::new(&cv);
     spec.replace_addrs = vec!["terraform_data.a".into()];
@@ -70,10 +76,7 @@ fn a_replace_run_recreates_only_the_named_resource() {
 fn a_refresh_only_run_updates_outputs_and_leaves_resources_alone() {
     let world = world();
     let options = PodOptions::default();
-    let cv = world.cv(&[("main.tf", TWO)]);
-    let (first, _) = world.run_to_end(RunSpec::new(&cv), &options);
-    assert_eq!(world.sim.run(&first).status, RunStatus::Applied);
-    let before = ids(&world);
+    let (_, before) = applied(&world, &options);
 
     // A new resource and a new output: refresh-only mode proposes the output, never the resource.
     let more = format!(
